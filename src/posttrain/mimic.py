@@ -1,0 +1,272 @@
+"""Read and validate Isaac Lab Mimic HDF5 demo files (shared/docs/mimic_hdf5_and_arena_converter.md §1).
+
+    /data                                  attrs: total, env_args
+    /data/demo_{i}                         attrs: num_samples (= T), seed, success (both optional)
+    /data/demo_{i}/processed_actions       (T, 36) float32   converter action source
+    /data/demo_{i}/obs/robot_joint_pos     (T, 54) float32   converter state source
+    /data/demo_{i}/camera_obs/<camera>     (T, H, W, 3) uint8
+
+Demos are listed in NUMERIC order (demo_2 before demo_10), not h5py's string order.
+State and action may be float32 (what Isaac Lab writes) or float64 (cast to float32 on reading:
+the LeRobot columns are float32 anyway); any other dtype is an error. Camera frames are never read
+during `check`, only their shape and dtype; `iter_camera_frames` streams them in small batches.
+
+Every error names the file, the demo and the key: `demos.hdf5: data/demo_3/obs/robot_joint_pos: ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from posttrain.errors import PosttrainError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_KEY = "obs/robot_joint_pos"
+DEFAULT_ACTION_KEY = "processed_actions"
+DEFAULT_CAMERA = "robot_pov_cam_rgb"
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def camera_key(camera: str) -> str:
+    """`robot_pov_cam_rgb` -> `camera_obs/robot_pov_cam_rgb`; a key with a `/` is taken as it is."""
+    return camera if "/" in camera else f"camera_obs/{camera}"
+
+
+def _demo_sort_key(name: str):
+    match = re.fullmatch(r"(.*?)(\d+)", name)
+    return (match[1], int(match[2]), name) if match else (name, -1, name)
+
+
+class MimicFile:
+    """A Mimic HDF5 file opened read-only. Use as a context manager (or call `close()`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = self.path.name
+        try:
+            # No file locking: readers never race a writer (files are written to a temporary name
+            # and renamed), and shared filesystems on clusters often lack the locks HDF5 asks for.
+            self.file = h5py.File(self.path, "r", locking=False)
+        except (OSError, ValueError) as err:
+            reason = "no such file" if not self.path.exists() else " ".join(str(err).split())
+            raise PosttrainError(f"{self.path}: not a readable HDF5 file ({reason})") from None
+        data = self.file.get("data")
+        if not isinstance(data, h5py.Group):
+            top = ", ".join(self.file.keys()) or "nothing"
+            self.close()
+            raise PosttrainError(f"{self.name}: data: group missing (the file has: {top})")
+        self.data = data
+
+    # -- basics -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if getattr(self, "file", None) is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> MimicFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def error(self, where: str, problem: str) -> PosttrainError:
+        """An error in the house format: `<file>: data/<where>: <problem>`."""
+        return PosttrainError(f"{self.name}: data/{where}: {problem}")
+
+    @property
+    def demos(self) -> list[str]:
+        """Demo group names under /data, sorted numerically (demo_2 before demo_10)."""
+        names = []
+        for name, item in self.data.items():
+            if not isinstance(item, h5py.Group):
+                raise self.error(name, "expected a demo group, found a dataset")
+            names.append(name)
+        return sorted(names, key=_demo_sort_key)
+
+    @property
+    def env_args(self) -> dict:
+        raw = self.data.attrs.get("env_args")
+        if raw is None:
+            return {}
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError):
+            return {}
+
+    def demo_attrs(self, demo: str) -> dict:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._demo(demo).attrs.items()}
+
+    def _demo(self, demo: str) -> h5py.Group:
+        group = self.data.get(demo)
+        if not isinstance(group, h5py.Group):
+            raise self.error(demo, f"no such demo (demos: {', '.join(self.demos) or 'none'})")
+        return group
+
+    def dataset(self, demo: str, key: str) -> h5py.Dataset:
+        """`data/<demo>/<key>`; a missing key is reported with the keys that DO exist where it was expected."""
+        node = self._demo(demo)
+        walked = demo
+        for part in key.strip("/").split("/"):
+            if not isinstance(node, h5py.Group) or part not in node:
+                if isinstance(node, h5py.Group):
+                    have = ", ".join(node.keys()) or "nothing"
+                    hint = " (recorded without --enable_cameras?)" if part == "camera_obs" else ""
+                    raise self.error(f"{demo}/{key}", f"missing; data/{walked} has: {have}{hint}")
+                raise self.error(f"{demo}/{key}", f"missing; data/{walked} is a dataset, not a group")
+            node = node[part]
+            walked = f"{walked}/{part}"
+        if not isinstance(node, h5py.Dataset):
+            raise self.error(f"{demo}/{key}", f"is a group ({', '.join(node.keys()) or 'empty'}), expected a dataset")
+        return node
+
+    def length(self, demo: str, action_key: str = DEFAULT_ACTION_KEY) -> int:
+        """Number of recorded steps T of a demo (rows of its action dataset)."""
+        shape = self.dataset(demo, action_key).shape
+        if not shape:
+            raise self.error(f"{demo}/{action_key}", "is a scalar, expected (T, D)")
+        return int(shape[0])
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _float_matrix(self, demo: str, key: str, dims: int | None) -> h5py.Dataset:
+        ds = self.dataset(demo, key)
+        if ds.dtype not in FLOAT_DTYPES:
+            raise self.error(f"{demo}/{key}", f"dtype {ds.dtype}, expected float32 (or float64)")
+        if ds.ndim != 2 or (dims is not None and ds.shape[1] != dims):
+            raise self.error(f"{demo}/{key}", f"shape {ds.shape}, expected (T, {dims if dims is not None else 'D'})")
+        return ds
+
+    def _read(self, ds: h5py.Dataset, demo: str, key: str, selection=()) -> np.ndarray:
+        try:
+            return ds[selection]
+        except (OSError, ValueError, RuntimeError) as err:
+            raise self.error(f"{demo}/{key}", f"unreadable ({' '.join(str(err).split())})") from None
+
+    def _finite(self, values: np.ndarray, demo: str, key: str) -> np.ndarray:
+        values = values.astype(np.float32, copy=False)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            kind = "NaN" if np.isnan(values[row, col]) else "inf"
+            raise self.error(f"{demo}/{key}", f"{kind} at row {row}, column {col} "
+                                              f"({int(bad.any(axis=1).sum())} bad rows)")
+        return values
+
+    def check_camera(self, demo: str, camera: str, length: int | None = None) -> tuple[int, int, int]:
+        """Shape check of one camera dataset without reading it; returns (T, H, W)."""
+        key = camera_key(camera)
+        ds = self.dataset(demo, key)
+        if ds.dtype != np.uint8:
+            raise self.error(f"{demo}/{key}", f"dtype {ds.dtype}, expected uint8")
+        if ds.ndim != 4 or ds.shape[3] != 3:
+            raise self.error(f"{demo}/{key}", f"shape {ds.shape}, expected (T, H, W, 3)")
+        t, h, w = ds.shape[:3]
+        if h % 2 or w % 2 or h == 0 or w == 0:
+            raise self.error(f"{demo}/{key}", f"frame size {h}x{w}: H.264 yuv420p needs even, non-zero sizes")
+        if length is not None and t != length:
+            raise self.error(f"{demo}/{key}", f"{t} frames, but the action has {length} rows")
+        return int(t), int(h), int(w)
+
+    def check(self, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
+              cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
+              action_dims: int | None = 36) -> dict[str, int]:
+        """Validate every demo (no image is read); return {demo: T} in numeric demo order.
+
+        Checks: state/action present, float, (T, dims), finite; T >= 2 and equal across state,
+        action and every camera; cameras (T, H, W, 3) uint8 with even H, W; `num_samples` == T.
+        """
+        demos = self.demos
+        if not demos:
+            raise PosttrainError(f"{self.name}: data: no demos (the file holds no demo_* groups)")
+        cameras = list(cameras)
+        lengths = {}
+        for demo in demos:
+            lengths[demo] = self.check_demo(demo, state_key, action_key, cameras, state_dims, action_dims)
+        total = self.data.attrs.get("total")
+        if total is not None and int(total) != sum(lengths.values()):
+            # Not fatal: merged or filtered files keep a stale total; nothing reads it.
+            log.warning("%s: data: attr total=%s but the demos hold %d samples", self.name, total,
+                        sum(lengths.values()))
+        return lengths
+
+    def check_demo(self, demo: str, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
+                   cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
+                   action_dims: int | None = 36) -> int:
+        """Validate one demo (see `check`); return its length T."""
+        action = self._float_matrix(demo, action_key, action_dims)
+        state = self._float_matrix(demo, state_key, state_dims)
+        length = action.shape[0]
+        if length < 2:
+            raise self.error(f"{demo}/{action_key}", f"{length} rows: a demo needs at least 2 recorded steps "
+                                                     "(one frame is dropped in conversion)")
+        if state.shape[0] != length:
+            raise self.error(f"{demo}/{state_key}", f"{state.shape[0]} rows, but {action_key} has {length}")
+        num_samples = self._demo(demo).attrs.get("num_samples")
+        if num_samples is not None and int(num_samples) != length:
+            raise self.error(demo, f"attr num_samples={int(num_samples)}, but {action_key} has {length} rows")
+        for camera in cameras:
+            self.check_camera(demo, camera, length)
+        self._finite(self._read(action, demo, action_key), demo, action_key)
+        self._finite(self._read(state, demo, state_key), demo, state_key)
+        return int(length)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read_state_action(self, demo: str, state_key: str = DEFAULT_STATE_KEY,
+                          action_key: str = DEFAULT_ACTION_KEY) -> tuple[np.ndarray, np.ndarray]:
+        """(state (T, S), action (T, A)) as float32, checked for dtype, equal length and finite values."""
+        state_ds = self._float_matrix(demo, state_key, None)
+        action_ds = self._float_matrix(demo, action_key, None)
+        if state_ds.shape[0] != action_ds.shape[0]:
+            raise self.error(f"{demo}/{state_key}", f"{state_ds.shape[0]} rows, but {action_key} has "
+                                                    f"{action_ds.shape[0]}")
+        state = self._finite(self._read(state_ds, demo, state_key), demo, state_key)
+        action = self._finite(self._read(action_ds, demo, action_key), demo, action_key)
+        return np.ascontiguousarray(state), np.ascontiguousarray(action)
+
+    def camera_shape(self, demo: str, camera: str) -> tuple[int, int, int, int]:
+        """(T, H, W, 3) of a camera dataset, checked, without reading it."""
+        t, h, w = self.check_camera(demo, camera)
+        return t, h, w, 3
+
+    def iter_camera_frames(self, demo: str, camera: str, start: int = 0, stop: int | None = None,
+                           batch: int = 32) -> Iterator[np.ndarray]:
+        """Yield frames [start, stop) as uint8 (n, H, W, 3) batches of at most `batch` frames.
+
+        Only one batch is in memory at a time (h5py reads and decompresses just the slice), so a
+        512² episode of hundreds of frames never has to fit in memory whole.
+        """
+        key = camera_key(camera)
+        t, _, _ = self.check_camera(demo, camera)
+        stop = t if stop is None else stop
+        if not 0 <= start <= stop <= t:
+            raise self.error(f"{demo}/{key}", f"frame range [{start}, {stop}) outside [0, {t})")
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        ds = self.dataset(demo, key)
+        for first in range(start, stop, batch):
+            yield self._read(ds, demo, key, np.s_[first:min(first + batch, stop)])
+
+    def read_camera_frames(self, demo: str, camera: str, indices: Iterable[int]) -> np.ndarray:
+        """The frames at `indices` (any order, repeats allowed) as uint8 (n, H, W, 3), one frame read at a time."""
+        key = camera_key(camera)
+        t, h, w = self.check_camera(demo, camera)
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < t]
+        if bad:
+            raise self.error(f"{demo}/{key}", f"frame index {bad[0]} outside [0, {t})")
+        ds = self.dataset(demo, key)
+        out = np.empty((len(indices), h, w, 3), np.uint8)
+        for row, index in enumerate(indices):
+            out[row] = self._read(ds, demo, key, index)
+        return out

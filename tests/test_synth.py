@@ -1,0 +1,221 @@
+"""The synthetic generator: exact Mimic schema, determinism, and a task that needs vision."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import GOLDEN, run_cli
+from posttrain import synth
+from posttrain.embodiment import load_embodiment
+from posttrain.mimic import MimicFile
+from posttrain.video import encode_video, psnr, read_frames
+
+ARGS = dict(episodes=5, min_frames=60, max_frames=80, image_size=48, seed=7)
+DOC_STATE = [12, 17, 22, 24, 26, 28, 30, 13, 18, 23, 25, 27, 29, 31, 34, 35, 33, 32, 36, 46, 39, 40, 38, 37, 41, 51]
+DOC_ACTION = [0, 2, 4, 6, 8, 10, 12, 1, 3, 5, 7, 9, 11, 13, 16, 17, 15, 14, 18, 28, 21, 22, 20, 19, 23, 33]
+GR1 = load_embodiment("gr1")
+
+
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "demos.hdf5"
+    synth.write_synthetic(path, progress=False, **ARGS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return [synth.make_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], ARGS["image_size"])
+            for i in range(ARGS["episodes"])]
+
+
+def target_from_image(frames: np.ndarray) -> np.ndarray:
+    """(u, v) of the red disc in each frame: the centroid of the red excess."""
+    frames = frames.astype(np.float32)
+    redness = np.clip(frames[..., 0] - (frames[..., 1] + frames[..., 2]) / 2 - 40, 0, None)
+    size = frames.shape[1]
+    coords = (np.arange(size) + 0.5) / size
+    mass = redness.sum(axis=(1, 2))
+    assert (mass > 0).all(), "every frame shows the target"
+    u = (redness.sum(axis=1) * coords).sum(axis=1) / mass
+    v = (redness.sum(axis=2) * coords).sum(axis=1) / mass
+    return np.stack([u, v], axis=1)
+
+
+def test_schema_is_exact(demo_file):
+    with h5py.File(demo_file, "r") as f:
+        assert list(f.keys()) == ["data"]
+        data = f["data"]
+        assert json.loads(data.attrs["env_args"]) == {"env_name": synth.ENV_NAME, "type": 2}
+        demos = sorted(data, key=lambda n: int(n.split("_")[1]))
+        assert demos == [f"demo_{i}" for i in range(ARGS["episodes"])]
+        lengths = []
+        for name in demos:
+            demo = data[name]
+            t = int(demo.attrs["num_samples"])
+            lengths.append(t)
+            assert ARGS["min_frames"] <= t <= ARGS["max_frames"]
+            assert bool(demo.attrs["success"]) is True and int(demo.attrs["seed"]) == ARGS["seed"]
+            s = ARGS["image_size"]
+            expected = {"actions": ((t, 36), np.float32), "processed_actions": ((t, 36), np.float32),
+                        "obs/robot_joint_pos": ((t, 54), np.float32),
+                        "obs/actions": ((t, 36), np.float32), "obs/right_eef_pos": ((t, 3), np.float32),
+                        "obs/right_eef_quat": ((t, 4), np.float32), "obs/hand_joint_state": ((t, 22), np.float32),
+                        "camera_obs/robot_pov_cam_rgb": ((t, s, s, 3), np.uint8)}
+            for key, (shape, dtype) in expected.items():
+                assert demo[key].shape == shape and demo[key].dtype == dtype, key
+            quat = demo["obs/right_eef_quat"][()]
+            np.testing.assert_allclose(np.linalg.norm(quat, axis=1), 1, atol=1e-6)
+            datasets = []
+            demo.visititems(lambda k, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            assert len(datasets) >= 8
+            assert all(ds.compression == "gzip" for ds in datasets), [ds.name for ds in datasets]
+        assert int(data.attrs["total"]) == sum(lengths)
+    with MimicFile(demo_file) as mimic:
+        assert sum(mimic.check().values()) == sum(lengths)
+
+
+def test_file_holds_make_episode(demo_file, episodes):
+    with MimicFile(demo_file) as mimic:
+        for i, ep in enumerate(episodes):
+            state, action = mimic.read_state_action(f"demo_{i}")
+            np.testing.assert_array_equal(state, ep.state)
+            np.testing.assert_array_equal(action, ep.processed_actions)
+            frames = np.concatenate(list(mimic.iter_camera_frames(f"demo_{i}", "robot_pov_cam_rgb")))
+            np.testing.assert_array_equal(frames, ep.render())
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    small = dict(episodes=2, min_frames=30, max_frames=40, image_size=32, progress=False)
+    a = synth.write_synthetic(tmp_path / "a.hdf5", seed=1, **small)
+    b = synth.write_synthetic(tmp_path / "b.hdf5", seed=1, **small)
+    c = synth.write_synthetic(tmp_path / "c.hdf5", seed=2, **small)
+    assert a.read_bytes() == b.read_bytes()
+    with h5py.File(a) as fa, h5py.File(c) as fc:
+        assert not np.array_equal(fa["data/demo_0/processed_actions"][:30], fc["data/demo_0/processed_actions"][:30])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5", "b.hdf5", "c.hdf5"], "no temporary left"
+
+
+def test_cli_defaults_and_bad_arguments(tmp_path):
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    args = parser.parse_args(["out.hdf5"])
+    assert (args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed) == (12, 60, 100, 128, 0)
+    out = tmp_path / "bad.hdf5"
+    assert run_cli("synth", out, "--image-size", "63") == 2
+    assert run_cli("synth", out, "--min-frames", "50", "--max-frames", "40") == 2
+    assert run_cli("synth", out, "--episodes", "0") == 2
+    (tmp_path / "taken").mkdir()
+    assert run_cli("synth", tmp_path / "taken", "--episodes", "1", "--image-size", "16") == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"], "a failed run leaves nothing behind"
+    (tmp_path / "taken").rmdir()
+    assert run_cli("synth", out, "--episodes", "1", "--min-frames", "20", "--max-frames", "20",
+                   "--image-size", "16") == 0
+    with MimicFile(out) as mimic:
+        assert mimic.check() == {"demo_0": 20}
+
+
+def test_target_is_visible_and_moves_mid_episode(episodes):
+    for ep in episodes:
+        seen = target_from_image(ep.render())
+        assert np.abs(seen - ep.targets).max() < 0.05, "the image shows the current target"
+        assert 1 <= len(ep.jump_steps) <= 2
+        for step in ep.jump_steps:
+            assert np.linalg.norm(seen[step] - seen[step - 1]) > 0.25, "the target jumps in the image..."
+            policy_state = GR1.remap_state(ep.state)
+            assert np.abs(policy_state[step] - policy_state[step - 1]).max() < 0.1, "...but not in the state"
+
+
+def test_actions_follow_the_target_seen(episodes):
+    roll, pitch, seen_u, seen_v = [], [], [], []
+    right_arm = GR1.group_slices()["right_arm"]
+    for ep in episodes:
+        settled = np.ones(ep.length, bool)  # steps where the arm command has reached the current target
+        for start in [0, *ep.jump_steps]:
+            settled[start:start + synth.ARM_RAMP] = False
+        seen = target_from_image(ep.render())[settled]
+        arm = GR1.remap_action(ep.processed_actions)[settled, right_arm]
+        pitch.append(arm[:, 0]), roll.append(arm[:, 1]), seen_u.append(seen[:, 0]), seen_v.append(seen[:, 1])
+    assert np.corrcoef(np.concatenate(seen_u), np.concatenate(roll))[0, 1] > 0.98
+    assert np.corrcoef(np.concatenate(seen_v), np.concatenate(pitch))[0, 1] > 0.98
+
+
+def test_state_lags_behind_the_action(episodes):
+    ep = episodes[0]
+    # state[t+1] - state[t] == LAG * (action[t] - state[t]) on the policy joints, offsets removed.
+    s = GR1.remap_state(ep.state) - synth.INDEX_OFFSET * GR1.state_indices
+    a = GR1.remap_action(ep.processed_actions) - synth.INDEX_OFFSET * GR1.action_indices
+    np.testing.assert_allclose(s[1:] - s[:-1], synth.LAG * (a[:-1] - s[:-1]), atol=2e-5)
+
+
+def test_joint_ranges_are_gr1_like_and_every_joint_moves(episodes):
+    golden = json.loads((GOLDEN / "meta" / "stats.json").read_text())
+    state = np.concatenate([GR1.remap_state(ep.state) for ep in episodes])
+    action = np.concatenate([GR1.remap_action(ep.processed_actions) for ep in episodes])
+    for values, key in ((state, "observation.state"), (action, "action")):
+        low, high = np.array(golden[key]["min"]), np.array(golden[key]["max"])
+        assert (values.min(axis=0) >= low - 0.15).all(), GR1.joint_names
+        assert (values.max(axis=0) <= high + 0.15).all(), GR1.joint_names
+        assert (values.std(axis=0) > 1e-3).all(), "every policy joint varies (min/max normalisation needs it)"
+    hand = GR1.group_slices()["right_hand"]
+    assert action[:, hand][:, :4].min() < -0.4, "the right hand closes"
+
+
+def test_columns_encode_their_index(episodes):
+    for ep in episodes:
+        np.testing.assert_allclose(ep.state[0], synth.REST_STATE + 1e-3 * np.arange(54), atol=1e-6)
+        np.testing.assert_allclose(ep.processed_actions[0], synth.REST_ACTION + 1e-3 * np.arange(36), atol=1e-6)
+    ep = episodes[0]
+    rest_state = GR1.remap_state(synth.REST_STATE[None])
+    rest_action = GR1.remap_action(synth.REST_ACTION[None])
+    decoded_state = np.rint((GR1.remap_state(ep.state[:1]) - rest_state) / synth.INDEX_OFFSET)
+    decoded_action = np.rint((GR1.remap_action(ep.processed_actions[:1]) - rest_action) / synth.INDEX_OFFSET)
+    assert decoded_state[0].tolist() == DOC_STATE
+    assert decoded_action[0].tolist() == DOC_ACTION
+    # Joints the policy drops: legs, waist and head hold a small constant pose (plus their offset) ...
+    cols = synth.STATE_COLUMNS
+    for name in ("left_knee_pitch_joint", "waist_yaw_joint", "head_pitch_joint"):
+        column = ep.state[:, cols[name]]
+        assert np.all(column == column[0]) and column[0] == pytest.approx(
+            synth.REST_POSE.get(name, 0.0) + 1e-3 * cols[name], abs=1e-6)
+    assert ep.state[0, cols["head_pitch_joint"]] != 0 and ep.state[0, cols["left_knee_pitch_joint"]] != 0
+    # ... and the mimic finger joints follow their proximal joint.
+    acols = synth.ACTION_COLUMNS
+    np.testing.assert_allclose(ep.processed_actions[:, acols["R_index_intermediate_joint"]] - 1e-3 * acols[
+        "R_index_intermediate_joint"], ep.processed_actions[:, acols["R_index_proximal_joint"]] - 1e-3 * acols[
+        "R_index_proximal_joint"], atol=1e-6)
+
+
+def test_frames_survive_h264(tmp_path):
+    ep = synth.make_episode(0, 0, 60, 60, 64)  # the workflow's image size
+    frames = ep.render()
+    encode_video(tmp_path / "ep.mp4", frames, fps=50)
+    decoded = read_frames(tmp_path / "ep.mp4")
+    assert len(decoded) == len(frames)
+    assert min(psnr(a, b) for a, b in zip(frames, decoded)) >= 36.0
+
+
+def test_vision_is_needed_to_predict_the_action_chunk(episodes):
+    """Predict the right-arm action 15 steps ahead (the end of a 16-step chunk): adding the target
+    seen in the image to the state must cut a linear model's error substantially."""
+    def fit_error(x, y):
+        x = np.c_[x, np.ones(len(x))]
+        weights, *_ = np.linalg.lstsq(x, y, rcond=None)
+        return float(((x @ weights - y) ** 2).mean())
+
+    state_only, with_vision, future = [], [], []
+    right_arm = GR1.group_slices()["right_arm"]
+    for ep in episodes:
+        rows = np.arange(ep.length - 15)
+        state = GR1.remap_state(ep.state)[rows]
+        state_only.append(state)
+        with_vision.append(np.c_[state, target_from_image(ep.render())[rows]])
+        future.append(GR1.remap_action(ep.processed_actions)[rows + 15, right_arm])
+    future = np.concatenate(future)
+    blind, seeing = fit_error(np.concatenate(state_only), future), fit_error(np.concatenate(with_vision), future)
+    assert seeing < 0.7 * blind, (seeing, blind)
