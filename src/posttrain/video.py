@@ -103,12 +103,30 @@ def read_frames(path: str | Path, size: tuple[int, int] | None = None) -> np.nda
 
 
 def read_frames_at(path: str | Path, indices, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode the frames at the given indices (the whole file is decoded once, then indexed)."""
-    frames = read_frames(path, size)
-    indices = np.asarray(indices, dtype=np.int64)
-    if len(indices) and (indices.min() < 0 or indices.max() >= len(frames)):
-        raise PosttrainError(f"{path}: frame index out of range (video has {len(frames)} frames)")
-    return frames[indices]
+    """Decode only the frames at `indices` (any order, repeats allowed) to (K, H, W, 3) uint8.
+
+    ffmpeg's select filter drops the other frames before the RGB conversion, so memory holds only
+    the samples (a whole 512² × 330-frame episode would be ~260 MB).
+    """
+    path = Path(path)
+    wanted = sorted(set(int(i) for i in indices))
+    info = probe(path)
+    width, height = size or (info.width, info.height)
+    if not wanted:
+        return np.zeros((0, height, width, 3), np.uint8)
+    if wanted[0] < 0:
+        raise PosttrainError(f"{path}: negative frame index {wanted[0]}")
+    filters = "select=" + "+".join(f"eq(n\\,{i})" for i in wanted)
+    if size:
+        filters += f",scale={width}:{height}:flags=area"
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
+                                        output_params=["-vf", filters, "-fps_mode", "passthrough"])
+    next(reader)  # the metadata dict
+    frames = [np.frombuffer(buf, np.uint8).reshape(height, width, 3) for buf in reader]
+    if len(frames) != len(wanted):
+        raise PosttrainError(f"{path}: decoded {len(frames)} of the frames {wanted} (video too short?)")
+    position = {index: k for k, index in enumerate(wanted)}
+    return np.stack([frames[position[int(i)]] for i in indices])
 
 
 @dataclass(frozen=True)
