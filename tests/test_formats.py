@@ -131,3 +131,11 @@ def test_atomic_directory_leaves_nothing_on_failure_and_replaces_on_success(tmp_
             write_json_atomic(tmp / "f.json", {"v": text})
     assert lerobot.read_json(final / "f.json") == {"v": "two"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_outputs_are_readable_by_others(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {})
+    with atomic_directory(tmp_path / "d"):
+        pass
+    assert (tmp_path / "a.json").stat().st_mode & 0o044 == 0o044
+    assert (tmp_path / "d").stat().st_mode & 0o055 == 0o055
