@@ -1,0 +1,393 @@
+"""Open-loop evaluation of a native checkpoint on the held-out episodes of its dataset.
+
+For every start step i of each held-out episode with a full chunk (i <= len - H, every
+`--stride`-th step) the policy predicts an H-step action chunk from the camera frames at i, the
+raw state at i and the task text; the chunk is compared with the recorded actions i..i+H-1.
+Errors are reported per horizon step, per action group (modality.json) and overall, in raw
+(unnormalised) units, next to two baselines that need no model:
+
+- mean action: the mean action over the TRAIN episodes' frames (split.json), constant in time;
+- hold state: repeat the state at i for all H steps (state and action share the 26-D layout).
+
+Outputs (written to a temporary directory, then renamed): metrics.json, trajectories.png
+(recorded vs predicted per group, first step of each chunk), horizon_error.png (MSE per
+horizon step, policy vs baselines).
+
+GR00T checkpoints (processor_config.json / experiment_cfg/) are not evaluated here: they need
+Isaac-GR00T's own loader, so the error prints the `gr00t/eval/open_loop_eval.py` command.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from posttrain.errors import PosttrainError
+from posttrain.files import atomic_directory, write_json_atomic
+from posttrain.lerobot import ACTION, STATE, LeRobotDataset, read_json
+
+log = logging.getLogger("posttrain.eval")
+
+MODEL_CONFIG = "model_config.json"
+SPLIT = "split.json"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint-N/ directory, or a run directory with DONE.json (its final checkpoint)")
+    parser.add_argument("dataset", type=Path, help="LeRobot dataset the checkpoint was trained on")
+    parser.add_argument("--output", type=Path, required=True, help="evaluation directory (replaced whole)")
+    parser.add_argument("--episodes-to-plot", type=int, default=3, help="held-out episodes in trajectories.png")
+    parser.add_argument("--stride", type=int, default=1, help="evaluate every N-th start step")
+    parser.add_argument("--batch-size", type=int, default=8, help="chunks per predict() call")
+    parser.add_argument("--device", default="auto", help="torch device for the policy (auto: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the flow-matching noise (repeatable metrics)")
+    parser.add_argument("--all-checkpoints", action="store_true",
+                        help="with a run directory: also evaluate every complete checkpoint-* into "
+                             "OUTPUT/checkpoints/<name>/")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.stride < 1 or args.batch_size < 1 or args.episodes_to_plot < 0:
+        raise PosttrainError("--stride and --batch-size must be >= 1, --episodes-to-plot >= 0")
+    checkpoint, run_dir = resolve_checkpoint(args.checkpoint)
+    others = []
+    if args.all_checkpoints:
+        if run_dir is None:
+            raise PosttrainError(f"{args.checkpoint}: --all-checkpoints needs a run directory with DONE.json")
+        others = [c for c in complete_checkpoints(run_dir) if c != checkpoint]
+    dataset = LeRobotDataset(args.dataset)
+    options = dict(episodes_to_plot=args.episodes_to_plot, stride=args.stride, batch_size=args.batch_size,
+                   device=args.device, seed=args.seed)
+    with atomic_directory(args.output) as tmp:
+        metrics = evaluate_checkpoint(checkpoint, dataset, tmp, **options)
+        if others:
+            metrics["checkpoints"] = {checkpoint.name: summary(metrics)}
+            for other in others:
+                sub = evaluate_checkpoint(other, dataset, tmp / "checkpoints" / other.name, **options)
+                metrics["checkpoints"][other.name] = summary(sub)
+        write_json_atomic(tmp / "metrics.json", metrics)
+    p = metrics["policy"]
+    log.info("%s: policy MSE %.5g MAE %.5g | mean-action MSE %.5g | hold-state MSE %s", checkpoint.name, p["mse"],
+             p["mae"], metrics["mean_action"]["mse"], (metrics["hold_state"] or {}).get("mse"))
+    return 0
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
+    """A checkpoint directory as given, or the final checkpoint named by a run directory's DONE.json."""
+    if not path.is_dir():
+        raise PosttrainError(f"{path}: checkpoint directory not found")
+    done = path / "DONE.json"
+    if done.is_file():
+        final = read_json(done).get("final_checkpoint")
+        if not final:
+            raise PosttrainError(f"{done}: no final_checkpoint")
+        checkpoint = path / final
+        if not checkpoint.is_dir():
+            raise PosttrainError(f"{done}: final_checkpoint {final} not found in {path}")
+        return checkpoint, path
+    return path, None
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-N/ directories with trainer_state.json (written last), by step."""
+    found = [p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+             and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def is_gr00t_checkpoint(checkpoint: Path) -> bool:
+    return not (checkpoint / MODEL_CONFIG).is_file() and (
+        (checkpoint / "processor_config.json").is_file() or (checkpoint / "experiment_cfg").is_dir())
+
+
+def gr00t_command(checkpoint: Path, dataset: LeRobotDataset) -> str:
+    """The Isaac-GR00T N1.6 open-loop evaluation command for a GR00T checkpoint."""
+    tag = "GR1"
+    tag_file = checkpoint / "embodiment_id.json"
+    if tag_file.is_file():
+        try:
+            names = list(read_json(tag_file))
+            tag = names[0].upper() if len(names) == 1 else tag
+        except (PosttrainError, TypeError):
+            pass
+    split = next((p / SPLIT for p in (checkpoint, checkpoint.parent) if (p / SPLIT).is_file()), None)
+    episodes = read_json(split)["heldout_episodes"] if split else [e["episode_index"] for e in dataset.episodes]
+    steps = max(e["length"] for e in dataset.episodes)
+    args = ["python", "gr00t/eval/open_loop_eval.py", "--model-path", str(checkpoint.resolve()),
+            "--dataset-path", str(dataset.root.resolve()), "--embodiment-tag", tag,
+            "--traj-ids", *map(str, episodes), "--action-horizon", "16", "--steps", str(steps),
+            "--save-plot-path", str((checkpoint.parent / "open_loop_eval" / "traj.jpeg").resolve())]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def check_compatible(checkpoint: Path, dataset: LeRobotDataset) -> dict:
+    """Fail with both file names when the checkpoint was not trained on this kind of dataset."""
+    if is_gr00t_checkpoint(checkpoint):
+        raise PosttrainError(
+            f"{checkpoint}: is an Isaac-GR00T checkpoint (no {MODEL_CONFIG}); posttrain eval reads native "
+            f"checkpoints only. Evaluate it with Isaac-GR00T's gr00t/eval/open_loop_eval.py, from an Isaac-GR00T "
+            f"checkout (n1.6-release): {gr00t_command(checkpoint, dataset)}")
+    for name in (MODEL_CONFIG, "modality.json", SPLIT, "stats.json"):
+        if not (checkpoint / name).is_file():
+            raise PosttrainError(f"{checkpoint / name}: missing; not a complete native checkpoint")
+    ckpt_modality_file = checkpoint / "modality.json"
+    ds_modality_file = dataset.root / "meta" / "modality.json"
+    ckpt_modality = read_json(ckpt_modality_file)
+    for kind in ("state", "action"):
+        ours = {k: (v["start"], v["end"]) for k, v in ckpt_modality.get(kind, {}).items()}
+        theirs = {k: (v["start"], v["end"]) for k, v in dataset.modality.get(kind, {}).items()}
+        if ours != theirs:
+            raise PosttrainError(
+                f"{ckpt_modality_file}: {kind} groups {fmt_groups(ours)} differ from {ds_modality_file}: "
+                f"{fmt_groups(theirs)} (checkpoint trained on a different embodiment)")
+    stats_file = checkpoint / "stats.json"
+    ckpt_stats = read_json(stats_file)
+    info_file = dataset.root / "meta" / "info.json"
+    for column in (STATE, ACTION):
+        ours = len(ckpt_stats.get(column, {}).get("mean", []))
+        theirs = dataset.info["features"].get(column, {}).get("shape", [0])[0]
+        if ours != theirs:
+            raise PosttrainError(f"{stats_file}: {column} has {ours} dims but {info_file} says {theirs}")
+    video_keys = [v.get("original_key", f"observation.images.{k}") for k, v in ckpt_modality.get("video", {}).items()]
+    missing = [k for k in video_keys if k not in dataset.video_keys]
+    if missing:
+        raise PosttrainError(f"{ckpt_modality_file}: cameras {missing} not in {info_file} ({dataset.video_keys})")
+    split_file = checkpoint / SPLIT
+    split = read_json(split_file)
+    present = {e["episode_index"] for e in dataset.episodes}
+    heldout = list(split.get("heldout_episodes") or [])
+    if not heldout:
+        raise PosttrainError(f"{split_file}: no heldout_episodes to evaluate (train with --holdout-episodes N)")
+    for key in ("heldout_episodes", "train_episodes"):
+        absent = [e for e in split.get(key, []) if e not in present]
+        if absent:
+            raise PosttrainError(f"{split_file}: {key} {absent} not in {dataset.root / 'meta' / 'episodes.jsonl'} "
+                                 f"({len(present)} episodes)")
+    return {"video_keys": video_keys, "heldout": heldout, "train": list(split.get("train_episodes", []))}
+
+
+def fmt_groups(groups: dict) -> str:
+    return "{" + ", ".join(f"{k}:{a}-{b}" for k, (a, b) in groups.items()) + "}"
+
+
+# --- data -------------------------------------------------------------------------------------
+@dataclass
+class Episode:
+    index: int
+    texts: list[str]    # per frame, from the task_index column (as the trainer reads it)
+    state: np.ndarray   # (T, Ds) raw
+    action: np.ndarray  # (T, Da) raw
+    frames: np.ndarray  # (T, V, S, S, 3) uint8
+
+
+def load_episode(dataset: LeRobotDataset, episode_index: int, video_keys: list[str], size: int) -> Episode:
+    columns = dataset.read_episode(episode_index, [STATE, ACTION, "task_index"])
+    try:
+        texts = [dataset.task_text(int(t)) for t in columns["task_index"]]
+    except KeyError as err:
+        raise PosttrainError(f"{dataset.parquet_path(episode_index)}: task_index {err} not in "
+                             f"{dataset.root / 'meta' / 'tasks.jsonl'}") from None
+    views = [dataset.read_video(episode_index, key, (size, size)) for key in video_keys]
+    n = len(columns[STATE])
+    for key, frames in zip(video_keys, views):
+        if len(frames) < n:
+            raise PosttrainError(f"{dataset.video_path(episode_index, key)}: episode {episode_index} has "
+                                 f"{len(frames)} frames but {n} parquet rows")
+    frames = np.stack([v[:n] for v in views], axis=1)
+    return Episode(episode_index, texts, columns[STATE], columns[ACTION], frames)
+
+
+def train_mean_action(dataset: LeRobotDataset, episodes: list[int]) -> np.ndarray:
+    actions = [dataset.read_episode(e, [ACTION])[ACTION] for e in episodes]
+    return np.concatenate(actions).astype(np.float64).mean(axis=0)
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def evaluate_checkpoint(checkpoint: Path, dataset: LeRobotDataset, out: Path, *, episodes_to_plot: int = 3,
+                        stride: int = 1, batch_size: int = 8, device: str = "auto", seed: int = 0) -> dict:
+    plan = check_compatible(checkpoint, dataset)
+    import torch  # imported only once the inputs are known to be good
+
+    from posttrain.policy import Policy
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = Policy.from_checkpoint(checkpoint, device=device)
+    generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same metrics on any device
+    horizon = int(config_value(policy.config, "action_horizon"))
+    size = int(config_value(policy.config, "image_size"))
+    groups = [(g.name, g.start, g.end) for g in dataset.groups("action")]
+    state_groups = [(g.name, g.start, g.end) for g in dataset.groups("state")]
+    hold_ok = state_groups == groups
+    if plan["train"]:
+        mean_action = train_mean_action(dataset, plan["train"])
+        mean_source = f"mean action over the {len(plan['train'])} train episodes' frames (split.json)"
+    else:
+        mean_action = np.asarray(policy.stats[ACTION]["mean"], np.float64)
+        mean_source = "action mean of the checkpoint's stats.json (split.json lists no train episodes)"
+
+    errors = {"policy": [], "mean_action": [], "hold_state": []}
+    per_episode, latencies, plotted = {}, [], []
+    warmed_up = False
+    for episode_index in tqdm(plan["heldout"], desc="eval episodes", unit="ep"):
+        ep = load_episode(dataset, episode_index, plan["video_keys"], size)
+        starts = list(range(0, len(ep.action) - horizon + 1, stride))
+        if not starts:
+            raise PosttrainError(f"{dataset.parquet_path(episode_index)}: held-out episode {episode_index} has "
+                                 f"{len(ep.action)} frames, fewer than the action horizon {horizon}")
+        predicted = []
+        for b in range(0, len(starts), batch_size):
+            idx = np.asarray(starts[b:b + batch_size])
+            images, state, texts = ep.frames[idx], ep.state[idx], [ep.texts[i] for i in idx]
+            if not warmed_up:  # first call pays for lazy init / allocator warm-up: keep it out of latency
+                policy.predict(images, state, texts, generator=torch.Generator().manual_seed(seed))
+                warmed_up = True
+            t0 = time.perf_counter()
+            chunk = np.asarray(policy.predict(images, state, texts, generator=generator), np.float64)
+            latencies += [(time.perf_counter() - t0) * 1000 / len(idx)] * len(idx)
+            if chunk.shape != (len(idx), horizon, ep.action.shape[1]):
+                raise PosttrainError(f"{checkpoint}: predict returned shape {chunk.shape}, expected "
+                                     f"({len(idx)}, {horizon}, {ep.action.shape[1]})")
+            predicted.append(chunk)
+        predicted = np.concatenate(predicted)
+        truth = np.stack([ep.action[i:i + horizon] for i in starts]).astype(np.float64)
+        hold = np.repeat(ep.state[starts][:, None, :].astype(np.float64), horizon, axis=1)
+        errors["policy"].append(predicted - truth)
+        errors["mean_action"].append(mean_action[None, None, :] - truth)
+        if hold_ok:
+            errors["hold_state"].append(hold - truth)
+        per_episode[str(episode_index)] = {
+            "chunks": len(starts), "policy_mse": mse(predicted - truth),
+            "mean_action_mse": mse(mean_action - truth), "hold_state_mse": mse(hold - truth) if hold_ok else None}
+        if len(plotted) < episodes_to_plot:
+            plotted.append((ep.index, ep.action, np.asarray(starts), predicted))  # frames not kept
+
+    metrics = {
+        "checkpoint": str(checkpoint),
+        "step": checkpoint_step(checkpoint),
+        "dataset": str(dataset.root),
+        "heldout_episodes": plan["heldout"],
+        "action_horizon": horizon,
+        "stride": stride,
+        "num_chunks": int(sum(len(e) for e in errors["policy"])),
+        "units": "raw (unnormalised) action units; MSE/MAE averaged over chunks, horizon steps and joints",
+        "policy": error_summary(np.concatenate(errors["policy"]), groups),
+        "mean_action": error_summary(np.concatenate(errors["mean_action"]), groups),
+        "hold_state": error_summary(np.concatenate(errors["hold_state"]), groups) if hold_ok else None,
+        "baselines": {
+            "mean_action": mean_source,
+            "hold_state": "state at step i repeated for all H steps" if hold_ok else
+                          "not applicable: state and action groups differ in modality.json",
+        },
+        "per_episode": per_episode,
+        "latency_ms_per_chunk": latency_summary(latencies, batch_size, device),
+        "seed": seed,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    plot_horizon_error(metrics, out / "horizon_error.png")
+    plot_trajectories(plotted, groups, horizon, out / "trajectories.png")
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def config_value(config, name: str):
+    value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+    if value is None:
+        raise PosttrainError(f"policy config has no {name}")
+    return value
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    state = checkpoint / "trainer_state.json"
+    if state.is_file():
+        step = read_json(state).get("global_step")
+        if step is not None:
+            return int(step)
+    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
+    return int(match.group(1)) if match else None
+
+
+def mse(err: np.ndarray) -> float:
+    return float(np.mean(np.square(err)))
+
+
+def error_summary(err: np.ndarray, groups: list[tuple[str, int, int]]) -> dict:
+    """err: (N chunks, H, D) prediction minus truth."""
+    def block(e):
+        return {"mse": mse(e), "mae": float(np.mean(np.abs(e))),
+                "mse_per_step": np.mean(np.square(e), axis=(0, 2)).tolist(),
+                "mae_per_step": np.mean(np.abs(e), axis=(0, 2)).tolist()}
+    summary = block(err)
+    summary["groups"] = {name: block(err[:, :, a:b]) for name, a, b in groups}
+    return summary
+
+
+def latency_summary(latencies: list[float], batch_size: int, device: str) -> dict:
+    values = np.asarray(latencies)
+    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
+            "p90": float(np.percentile(values, 90)), "batch_size": batch_size, "device": device,
+            "note": "wall time of one predict() call divided by the chunks in it; first call excluded"}
+
+
+def summary(metrics: dict) -> dict:
+    return {"step": metrics["step"], "mse": metrics["policy"]["mse"], "mae": metrics["policy"]["mae"]}
+
+
+# --- plots ------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_horizon_error(metrics: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = np.arange(metrics["action_horizon"])
+    for key, label, style in (("policy", "policy", "-o"), ("mean_action", "mean action", "--"),
+                              ("hold_state", "hold current state", ":")):
+        if metrics[key] is not None:
+            ax.plot(steps, metrics[key]["mse_per_step"], style, label=label, markersize=3)
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("MSE (raw units)")
+    ax.set_yscale("log")
+    ax.set_title(f"Open-loop error vs horizon ({metrics['num_chunks']} chunks, "
+                 f"{len(metrics['heldout_episodes'])} held-out episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_trajectories(plotted: list, groups: list[tuple[str, int, int]], horizon: int, path: Path) -> None:
+    """Recorded actions (solid) vs the first step of each predicted chunk (dashed), one panel per group."""
+    plt = _pyplot()
+    rows = max(1, len(plotted))
+    fig, axes = plt.subplots(rows, len(groups), figsize=(4 * len(groups), 2.8 * rows), squeeze=False)
+    for r, (episode_index, action, starts, predicted) in enumerate(plotted):
+        for c, (name, a, b) in enumerate(groups):
+            ax = axes[r][c]
+            for j, d in enumerate(range(a, b)):
+                color = f"C{j % 10}"
+                ax.plot(np.arange(len(action)), action[:, d], color=color, linewidth=1)
+                ax.plot(starts, predicted[:, 0, d], "--", color=color, linewidth=1)
+            ax.set_title(f"episode {episode_index}: {name}", fontsize=9)
+            ax.tick_params(labelsize=7)
+    if not plotted:
+        axes[0][0].text(0.5, 0.5, "no episodes plotted", ha="center")
+    fig.suptitle(f"Recorded action (solid) vs predicted chunk step 0 (dashed); horizon {horizon}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
