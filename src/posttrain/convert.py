@@ -1,0 +1,577 @@
+"""`posttrain convert`: Isaac Lab Mimic HDF5 -> LeRobot v2.1 dataset (parquet + H.264 MP4 + meta/).
+
+Three modes, so that a workflow can spread the encoding over jobs:
+
+    whole    --input H --output DATASET            every episode, then meta/
+    shard    --input H --output SHARD --shard K --num-shards N
+                                                   episodes K, K+N, K+2N, ... plus shard.json, no meta/
+    gather   --input H --output DATASET --gather SHARD [SHARD ...]
+                                                   hardlinks the shards' files and writes meta/
+
+`--config ARENA_YAML` reads IsaacLab-Arena's converter YAML unchanged (see `arena_settings`).
+
+What we do differently from Arena's reference converter (shared/docs/mimic_hdf5_and_arena_converter.md §5):
+episodes follow the demo NUMBER (demo_9 before demo_10); the whole file is validated before any
+output is written; every MP4 is checked (frame count == rows); `total_chunks`/`splits` are true;
+`--drop-frame first` (default) drops the stale first render (Arena PR #382), `last` reproduces
+the reference. Output goes to a temporary directory renamed at the end, so a killed run leaves
+nothing but a hidden temp dir that the next run removes, and the same input gives the same bytes.
+
+Memory: each worker streams one episode's camera frames from HDF5 to the encoder in batches,
+so the peak memory does not grow with the episode count or length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from posttrain import lerobot
+from posttrain.embodiment import EMBODIMENTS_DIR, Embodiment, load_embodiment
+from posttrain.errors import PosttrainError
+from posttrain.files import atomic_directory, write_json_atomic, write_text_atomic
+from posttrain.mimic import MimicFile
+from posttrain.video import VideoSettings, VideoWriter, probe
+
+log = logging.getLogger("posttrain.convert")
+
+FRAME_BATCH = 32  # frames per HDF5 read: ~25 MB at 512², the only frames a worker holds
+SHARD_FILE = "shard.json"
+DEFAULT_CAMERAS = {"robot_pov_cam_rgb": "observation.images.ego_view"}
+DEFAULTS = {  # the values of config/config.yaml `convert:`; CLI flags and the Arena YAML override them
+    "embodiment": "gr1",
+    "language_instruction": "Reach for the red target with the right hand.",
+    "task_index": 0,
+    "fps": 50,
+    "drop_frame": "first",
+    "state_key": "obs/robot_joint_pos",
+    "action_key": "processed_actions",
+    "chunks_size": 1000,
+    "crf": 18,
+    "gop": 50,
+    "preset": "veryfast",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the output bytes (plus where to read and how many workers)."""
+    input: Path
+    language_instruction: str
+    task_index: int
+    fps: int
+    drop_frame: str
+    state_key: str
+    action_key: str
+    cameras: dict[str, str]            # camera_obs/<name> -> video key
+    chunks_size: int
+    video: VideoSettings
+    annotation_key: str = lerobot.DEFAULT_ANNOTATION
+    robot_type: str | None = None      # None: the embodiment's name
+    image_size: tuple[int, int, int] | None = None  # Arena `original_image_size`: (H, W, C) every camera must have
+    workers: int = 1
+
+    def source_fields(self, embodiment: Embodiment) -> dict:
+        """The conversion settings recorded in meta/source.json (and compared between shards)."""
+        return {
+            "hdf5": self.input.name, "embodiment": embodiment.name, "drop_frame": self.drop_frame,
+            "state_key": self.state_key, "action_key": self.action_key, "cameras": dict(self.cameras),
+            "fps": self.fps, "language_instruction": self.language_instruction, "task_index": self.task_index,
+        }
+
+    def output_fields(self) -> dict:
+        """Settings outside source.json that still change the output (compared between shards)."""
+        return {"chunks_size": self.chunks_size, "annotation_key": self.annotation_key,
+                "robot_type": self.robot_type, "video": asdict(replace(self.video, threads=1))}
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One demo's place in the dataset; all of it is known from HDF5 shapes before encoding."""
+    episode_index: int
+    demo: str
+    source_frames: int
+    length: int        # parquet rows = video frames = source_frames - 1
+    first_index: int   # global `index` of its first row
+
+    def entry(self) -> dict:
+        return {"episode_index": self.episode_index, "demo": self.demo,
+                "source_frames": self.source_frames, "length": self.length}
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    settings: Settings
+    embodiment: Embodiment
+    episode: Episode
+    root: Path
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    embodiment: Embodiment
+    episodes: list[Episode] = field(default_factory=list)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None so that a flag given on the command line is known to override the YAML.
+    parser.add_argument("--input", type=Path, help="Isaac Lab Mimic HDF5 file")
+    parser.add_argument("--output", type=Path, help="dataset directory (or shard directory with --shard)")
+    parser.add_argument("--config", type=Path, help="IsaacLab-Arena converter YAML (Gr00tDatasetConfig), unchanged")
+    parser.add_argument("--shard", type=int, help="convert only episodes K, K+N, ... into a shard directory")
+    parser.add_argument("--num-shards", type=int, help="N, with --shard")
+    parser.add_argument("--gather", type=Path, nargs="+", metavar="SHARD_DIR",
+                        help="combine shard directories into the dataset and write meta/")
+    parser.add_argument("--embodiment", help=f"embodiment name or directory (default {DEFAULTS['embodiment']})")
+    parser.add_argument("--language-instruction")
+    parser.add_argument("--task-index", type=int)
+    parser.add_argument("--fps", type=int)
+    parser.add_argument("--drop-frame", choices=["first", "last"],
+                        help="first (default): video frames[1:], drops the stale first render; last: as Arena")
+    parser.add_argument("--state-key", help="dataset inside each demo group (default obs/robot_joint_pos)")
+    parser.add_argument("--action-key", help="dataset inside each demo group (default processed_actions)")
+    parser.add_argument("--camera", action="append", metavar="NAME=VIDEO_KEY",
+                        help="camera_obs/NAME -> video key (repeatable; default "
+                             "robot_pov_cam_rgb=observation.images.ego_view)")
+    parser.add_argument("--chunks-size", type=int)
+    parser.add_argument("--crf", type=int)
+    parser.add_argument("--gop", type=int)
+    parser.add_argument("--preset")
+    parser.add_argument("--workers", type=int, help="encoder processes (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings, embodiment_spec, output = resolve_settings(args)
+    if args.gather and args.shard is not None:
+        raise PosttrainError("convert: --gather and --shard cannot be combined")
+    if output is None:
+        raise PosttrainError("convert: --output is required (or --config with data_root/hdf5_name)")
+
+    plan = validate_input(settings, embodiment_spec)  # raises before any output exists
+    if args.gather:
+        gather(plan, args.gather, output)
+    elif args.shard is not None or args.num_shards is not None:
+        shard, num_shards = args.shard, args.num_shards
+        if shard is None or num_shards is None or num_shards < 1 or not 0 <= shard < num_shards:
+            raise PosttrainError(f"convert: need 0 <= --shard < --num-shards, got {shard} and {num_shards}")
+        convert_shard(plan, shard, num_shards, output)
+    else:
+        convert_whole(plan, output)
+    return 0
+
+
+def resolve_settings(args) -> tuple[Settings, str | Path | dict, Path | None]:
+    """Defaults <- Arena YAML <- command-line flags. Returns settings, embodiment spec, output dir."""
+    values = dict(DEFAULTS, cameras=dict(DEFAULT_CAMERAS), input=None, output=None,
+                  annotation_key=lerobot.DEFAULT_ANNOTATION, robot_type=None, image_size=None)
+    if args.config is not None:
+        values.update(arena_settings(args.config))
+    flags = {"input": args.input, "output": args.output, "embodiment": args.embodiment,
+             "language_instruction": args.language_instruction, "task_index": args.task_index, "fps": args.fps,
+             "drop_frame": args.drop_frame, "state_key": args.state_key, "action_key": args.action_key,
+             "chunks_size": args.chunks_size, "crf": args.crf, "gop": args.gop, "preset": args.preset}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.camera:
+        values["cameras"] = parse_cameras(args.camera)
+    if values["input"] is None:
+        raise PosttrainError("convert: --input HDF5 is required (or --config ARENA_YAML)")
+    for key in ("fps", "chunks_size"):
+        if values[key] < 1:
+            raise PosttrainError(f"convert: --{key.replace('_', '-')} must be >= 1, got {values[key]}")
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    settings = Settings(
+        input=Path(values["input"]), language_instruction=values["language_instruction"],
+        task_index=values["task_index"], fps=values["fps"], drop_frame=values["drop_frame"],
+        state_key=values["state_key"], action_key=values["action_key"], cameras=values["cameras"],
+        chunks_size=values["chunks_size"],
+        video=VideoSettings(crf=values["crf"], gop=values["gop"], preset=values["preset"], threads=1),
+        annotation_key=values["annotation_key"], robot_type=values["robot_type"], image_size=values["image_size"],
+        workers=max(1, workers))
+    output = values["output"]
+    if output is None and args.config is not None:  # Arena's default: beside the HDF5
+        output = settings.input.parent / settings.input.stem / "lerobot"
+    output = Path(output) if output is not None else None
+    return settings, values["embodiment"], output
+
+
+def parse_cameras(specs: list[str]) -> dict[str, str]:
+    cameras = {}
+    for spec in specs:
+        name, sep, key = spec.partition("=")
+        if not sep or not name or not key:
+            raise PosttrainError(f"convert: --camera expects NAME=VIDEO_KEY, got {spec!r}")
+        if name in cameras:
+            raise PosttrainError(f"convert: --camera {name} given twice")
+        cameras[name] = key
+    return cameras
+
+
+# --- Arena YAML -----------------------------------------------------------------------------
+
+# Every field of Arena's Gr00tDatasetConfig (both the data_root/hdf5_name and the newer
+# hdf5_path/output_dir spellings). Fields we cannot honour are rejected unless they hold the
+# value we produce anyway, so nothing in a YAML is ignored silently, except the ones Arena
+# itself does not use (action_eef_name_sim, valid_lerobot, info_fname, info_template_path:
+# our info.json is computed, not templated).
+ARENA_KEYS = {
+    "data_root", "hdf5_name", "hdf5_path", "output_dir", "language_instruction", "task_index",
+    "state_name_sim", "action_name_sim", "pov_cam_name_sim",
+    "left_eef_pos_name_sim", "left_eef_quat_name_sim", "right_eef_pos_name_sim", "right_eef_quat_name_sim",
+    "teleop_base_height_command_name_sim", "teleop_navigate_command_name_sim",
+    "teleop_torso_orientation_rpy_command_name_sim",
+    "state_name_lerobot", "action_name_lerobot", "video_name_lerobot", "task_description_lerobot",
+    "action_eef_name_sim", "valid_lerobot", "chunks_size", "fps", "data_path", "video_path",
+    "modality_template_path", "info_template_path", "modality_fname", "episodes_fname", "tasks_fname",
+    "info_fname", "policy_joints_config_path", "robot_type", "action_joints_config_path",
+    "state_joints_config_path", "original_image_size", "target_image_size",
+}
+ARENA_FIXED = {  # key -> the only value we write (our output layout is fixed by lerobot.py)
+    "state_name_lerobot": lerobot.STATE, "action_name_lerobot": lerobot.ACTION,
+    "data_path": lerobot.DATA_PATH, "video_path": lerobot.VIDEO_PATH, "modality_fname": "modality.json",
+    "episodes_fname": "episodes.jsonl", "tasks_fname": "tasks.jsonl",
+}
+ARENA_G1_KEYS = ("left_eef_pos_name_sim", "left_eef_quat_name_sim", "right_eef_pos_name_sim",
+                 "right_eef_quat_name_sim", "teleop_base_height_command_name_sim",
+                 "teleop_navigate_command_name_sim", "teleop_torso_orientation_rpy_command_name_sim")
+ARENA_EMBODIMENT_FILES = {  # YAML key -> argument of Embodiment.from_files
+    "state_joints_config_path": "state_yaml", "action_joints_config_path": "action_yaml",
+    "policy_joints_config_path": "policy_yaml", "modality_template_path": "modality_json",
+}
+
+
+def arena_settings(path: Path) -> dict:
+    """Translate an Arena converter YAML into our settings.
+
+    Relative paths are resolved against the YAML's directory first, then the current directory
+    (Arena resolves them against its repo root, the cwd it must run in). Joint-map and modality
+    paths that exist nowhere (the Arena repo is not here) fall back to the bundled embodiment of
+    the same name: `.../embodiments/gr1/36dof_joint_space.yaml` -> config/embodiments/gr1/.
+    The output defaults to `<data_root>/<hdf5 stem>/lerobot`, as in Arena. Resizing
+    (`target_image_size` != `original_image_size`) is refused rather than done differently.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PosttrainError(f"{path}: cannot read YAML ({err})") from None
+    if not isinstance(doc, dict):
+        raise PosttrainError(f"{path}: expected a mapping of Gr00tDatasetConfig fields")
+    for key in doc:
+        if key not in ARENA_KEYS:
+            raise PosttrainError(f"{path}: unknown key '{key}' (not a Gr00tDatasetConfig field)")
+    for key, value in ARENA_FIXED.items():
+        if key in doc and doc[key] != value:
+            raise PosttrainError(f"{path}: {key}: {doc[key]!r} is not supported, only {value!r}")
+    for key in ARENA_G1_KEYS:
+        if doc.get(key) is not None:
+            raise PosttrainError(f"{path}: {key}: G1 eef/teleop columns are not supported (GR1 joints only)")
+
+    base = Path(path).resolve().parent
+    values: dict = {}
+    if doc.get("hdf5_path") is not None:
+        values["input"] = resolve_path(base, doc["hdf5_path"])
+    elif doc.get("hdf5_name") is not None:
+        values["input"] = resolve_path(base, Path(doc.get("data_root", "/datasets/")) / doc["hdf5_name"])
+    else:
+        raise PosttrainError(f"{path}: hdf5_name (or hdf5_path) is required")
+    if doc.get("output_dir") is not None:
+        values["output"] = resolve_path(base, doc["output_dir"])
+
+    simple = {"language_instruction": str, "task_index": int, "fps": int, "chunks_size": int}
+    for key, cast in simple.items():
+        if doc.get(key) is not None:
+            values[key] = _cast(path, key, doc[key], cast)
+    if doc.get("robot_type") is not None:
+        values["robot_type"] = str(doc["robot_type"])
+    if doc.get("task_description_lerobot") is not None:
+        values["annotation_key"] = str(doc["task_description_lerobot"])
+    values["state_key"] = "obs/" + str(doc.get("state_name_sim", "robot_joint_pos"))
+    values["action_key"] = str(doc.get("action_name_sim", "processed_actions"))
+    values["cameras"] = {str(doc.get("pov_cam_name_sim", "robot_head_cam")):
+                         str(doc.get("video_name_lerobot", "observation.images.ego_view"))}
+
+    original = _image_size(path, doc, "original_image_size")
+    target = _image_size(path, doc, "target_image_size")
+    if target != original:
+        raise PosttrainError(f"{path}: target_image_size {list(target)} != original_image_size {list(original)}: "
+                             "resizing is not supported (videos keep the camera resolution)")
+    values["image_size"] = original
+
+    files = {}
+    for key, argument in ARENA_EMBODIMENT_FILES.items():
+        if doc.get(key) is None:
+            raise PosttrainError(f"{path}: {key} is required (Arena's default points to a folder that no longer exists)")
+        files[argument] = resolve_embodiment_file(path, base, key, doc[key])
+    values["embodiment"] = files
+    return values
+
+
+def _cast(path, key, value, cast):
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise PosttrainError(f"{path}: {key}: cannot read {value!r} as {cast.__name__}") from None
+
+
+def _image_size(path, doc, key) -> tuple[int, int, int]:
+    value = doc.get(key, (480, 640, 3))  # Arena's default
+    try:
+        size = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 3:
+        raise PosttrainError(f"{path}: {key}: expected [height, width, channels], got {value!r}")
+    return size
+
+
+def resolve_path(base: Path, value) -> Path:
+    """An absolute path as is; a relative one against `base` if it exists there, else against the cwd."""
+    value = Path(str(value))
+    if value.is_absolute():
+        return value
+    return base / value if (base / value).exists() or not value.exists() else value.resolve()
+
+
+def resolve_embodiment_file(path: Path, base: Path, key: str, value) -> Path:
+    candidate = resolve_path(base, value)
+    if candidate.is_file():
+        return candidate
+    bundled = EMBODIMENTS_DIR / Path(str(value)).parent.name / Path(str(value)).name
+    if bundled.is_file():
+        log.info("%s: %s %s not found; using the bundled %s", path, key, value, bundled)
+        return bundled
+    raise PosttrainError(f"{path}: {key}: {value} not found (relative to {base} or the current directory)")
+
+
+def load_embodiment_spec(spec) -> Embodiment:
+    if isinstance(spec, dict):
+        return Embodiment.from_files(**spec)
+    return load_embodiment(spec)
+
+
+# --- validation and plan --------------------------------------------------------------------
+
+def validate_input(settings: Settings, embodiment_spec) -> Plan:
+    """Check the whole HDF5 and compute every episode's length and global offset, writing nothing."""
+    embodiment = load_embodiment_spec(embodiment_spec)
+    name = settings.input.name
+    if settings.drop_frame not in ("first", "last"):
+        raise PosttrainError(f"convert: --drop-frame must be first or last, got {settings.drop_frame!r}")
+    short_keys = [key.rsplit(".", 1)[-1] for key in settings.cameras.values()]
+    if len(set(short_keys)) != len(short_keys) or len(set(settings.cameras.values())) != len(short_keys):
+        raise PosttrainError(f"convert: video keys must differ in their last part, got {list(settings.cameras.values())}")
+    if not settings.cameras:
+        raise PosttrainError("convert: at least one camera is needed")
+
+    plan = Plan(settings, embodiment)
+    with MimicFile(settings.input) as mimic:
+        lengths = mimic.check(settings.state_key, settings.action_key, list(settings.cameras),
+                              embodiment.sim_state_dims, embodiment.sim_action_dims)  # numeric demo order
+        if not lengths:
+            raise PosttrainError(f"{name}: data: no demos")
+        offset = 0
+        frame_shapes: dict[str, tuple] = {}  # camera -> (H, W, 3) of the first demo
+        for index, (demo, frames) in enumerate(lengths.items()):
+            if frames < 2:  # one frame is dropped; an episode needs at least one row
+                raise PosttrainError(f"{name}: data/{demo}: {frames} frame(s), need at least 2")
+            for camera in settings.cameras:
+                shape = tuple(mimic.camera_shape(demo, camera))[1:]
+                check_camera_shape(name, demo, camera, shape, settings)
+                first = frame_shapes.setdefault(camera, shape)
+                if shape != first:  # one video feature per camera: every episode must match it
+                    raise PosttrainError(f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} "
+                                         f"differs from {list(first)} in data/{next(iter(lengths))}")
+            plan.episodes.append(Episode(index, demo, frames, frames - 1, offset))
+            offset += frames - 1
+    log.info("%s: %d demos, %d frames, %d camera(s)", name, len(plan.episodes), offset, len(settings.cameras))
+    return plan
+
+
+def check_camera_shape(name: str, demo: str, camera: str, shape: tuple, settings: Settings) -> None:
+    """`shape` is (H, W, 3); MimicFile.check has already required even sizes and uint8."""
+    if settings.image_size is not None and shape != tuple(settings.image_size):
+        raise PosttrainError(f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} != "
+                             f"original_image_size {list(settings.image_size)}")
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+def convert_whole(plan: Plan, output: Path) -> None:
+    with atomic_directory(output) as root:
+        results = encode_episodes(plan, plan.episodes, root)
+        write_meta(root, plan, [results[e.episode_index] for e in plan.episodes])
+    log.info("wrote %s (%d episodes)", output, len(plan.episodes))
+
+
+def convert_shard(plan: Plan, shard: int, num_shards: int, output: Path) -> None:
+    episodes = plan.episodes[shard::num_shards]
+    with atomic_directory(output) as root:
+        results = encode_episodes(plan, episodes, root)
+        write_json_atomic(root / SHARD_FILE, {
+            "shard": shard, "num_shards": num_shards,
+            "settings": dict(plan.settings.source_fields(plan.embodiment), **plan.settings.output_fields()),
+            "episodes": [dict(e.entry(), features=results[e.episode_index]) for e in episodes],
+        })
+    log.info("wrote shard %d/%d to %s (%d episodes)", shard, num_shards, output, len(episodes))
+
+
+def encode_episodes(plan: Plan, episodes: list[Episode], root: Path) -> dict[int, dict]:
+    """Write each episode's parquet and videos under `root`; return its info.json features by index."""
+    jobs = [EpisodeJob(plan.settings, plan.embodiment, episode, root) for episode in episodes]
+    workers = min(plan.settings.workers, len(jobs))
+    results = {}
+    with tqdm(total=len(jobs), desc="convert", unit="episode") as progress:
+        if workers <= 1:
+            for job in jobs:
+                results[job.episode.episode_index] = convert_episode(job)
+                progress.update()
+            return results
+        # fork: workers start at once, without re-importing numpy/h5py/pyarrow (no HDF5 file is open here)
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            # longest first, so no long episode starts last while the other workers sit idle
+            by_length = sorted(jobs, key=lambda job: -job.episode.length)
+            futures = {pool.submit(convert_episode, job): job for job in by_length}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    results[futures[future].episode.episode_index] = future.result()
+                    progress.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return results
+
+
+def episode_relpaths(settings: Settings, episode_index: int) -> tuple[str, dict[str, str]]:
+    chunk = episode_index // settings.chunks_size
+    data = lerobot.DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
+    videos = {key: lerobot.VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index)
+              for key in settings.cameras.values()}
+    return data, videos
+
+
+def convert_episode(job: EpisodeJob) -> dict:
+    """Parquet + one MP4 per camera for one demo (runs in a worker). Returns its info.json features."""
+    settings, episode, embodiment = job.settings, job.episode, job.embodiment
+    if not job.root.is_dir():  # the run was killed and its temp dir removed: do not recreate it
+        raise PosttrainError(f"{job.root}: output directory vanished")
+    data_path, video_paths = episode_relpaths(settings, episode.episode_index)
+    where = f"{settings.input.name}: data/{episode.demo}"
+    # rows = steps that have an action: the last recorded step is dropped for state and action alike
+    start, stop = (1, episode.source_frames) if settings.drop_frame == "first" else (0, episode.source_frames - 1)
+    features = {}
+    with MimicFile(settings.input) as mimic:
+        state, action = mimic.read_state_action(episode.demo, settings.state_key, settings.action_key)
+        table = lerobot.episode_columns(
+            embodiment.remap_state(state[:-1]), embodiment.remap_action(action[:-1]), episode.episode_index,
+            episode.first_index, settings.fps, settings.task_index, settings.annotation_key)
+        if table.num_rows != episode.length:
+            raise PosttrainError(f"{where}: {table.num_rows} rows, expected {episode.length}")
+        lerobot.write_table(job.root / data_path, table)
+        for camera, key in settings.cameras.items():
+            _, height, width, _ = mimic.camera_shape(episode.demo, camera)
+            path = job.root / video_paths[key]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with VideoWriter(path, settings.fps, width, height, settings.video) as writer:
+                for frames in mimic.iter_camera_frames(episode.demo, camera, start, stop, batch=FRAME_BATCH):
+                    writer.write(frames)
+            info = probe(path, count_frames=True)
+            if info.num_frames != episode.length:
+                raise PosttrainError(f"{where}/camera_obs/{camera}: {video_paths[key]} has {info.num_frames} "
+                                     f"frames, expected {episode.length} (one per parquet row)")
+            features[key] = lerobot.video_feature(info.height, info.width, info.fps, info.codec, info.pix_fmt)
+    names = {lerobot.STATE: list(embodiment.joint_names), lerobot.ACTION: list(embodiment.joint_names)}
+    features.update(lerobot.tabular_features(table, names))
+    return features
+
+
+# --- gather and meta/ -----------------------------------------------------------------------
+
+def gather(plan: Plan, shard_dirs: list[Path], output: Path) -> None:
+    """Check that the shards cover every episode once and match this conversion, then assemble the dataset."""
+    expected = dict(plan.settings.source_fields(plan.embodiment), **plan.settings.output_fields())
+    wanted = {e.episode_index: e for e in plan.episodes}
+    owner: dict[int, Path] = {}
+    features: dict[int, dict] = {}
+    for shard_dir in shard_dirs:
+        manifest = lerobot.read_json(shard_dir / SHARD_FILE)
+        for key, value in expected.items():
+            if json.loads(json.dumps(manifest.get("settings", {}).get(key))) != json.loads(json.dumps(value)):
+                raise PosttrainError(f"{shard_dir / SHARD_FILE}: settings.{key} is "
+                                     f"{manifest.get('settings', {}).get(key)!r}, this gather has {value!r}")
+        for entry in manifest.get("episodes", []):
+            index = entry.get("episode_index")
+            episode = wanted.get(index)
+            if episode is None or {k: entry.get(k) for k in episode.entry()} != episode.entry():
+                raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} ({entry.get('demo')}) does not "
+                                     f"match {plan.settings.input.name} (stale shard?)")
+            if index in owner:
+                raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} ({episode.demo}) is also in "
+                                     f"{owner[index]}")
+            if not isinstance(entry.get("features"), dict):
+                raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} has no features")
+            owner[index], features[index] = shard_dir, entry["features"]
+    missing = [e for e in plan.episodes if e.episode_index not in owner]
+    if missing:
+        listed = ", ".join(f"{e.episode_index} ({e.demo})" for e in missing[:10])
+        raise PosttrainError(f"convert --gather: shards miss {len(missing)} episode(s) of "
+                             f"{plan.settings.input.name}: {listed}{' ...' if len(missing) > 10 else ''}")
+
+    with atomic_directory(output) as root:
+        for episode in plan.episodes:
+            data_path, video_paths = episode_relpaths(plan.settings, episode.episode_index)
+            for relpath in [data_path, *video_paths.values()]:
+                link_or_copy(owner[episode.episode_index] / relpath, root / relpath)
+        write_meta(root, plan, [features[e.episode_index] for e in plan.episodes])
+    log.info("gathered %d shards into %s (%d episodes)", len(shard_dirs), output, len(plan.episodes))
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise PosttrainError(f"{src}: missing shard file")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # other filesystem, or no hardlinks there
+        shutil.copyfile(src, dst)
+
+
+def write_meta(root: Path, plan: Plan, episode_features: list[dict]) -> None:
+    """meta/ of the finished dataset; every episode's features must agree with the first one's."""
+    settings, embodiment = plan.settings, plan.embodiment
+    first = episode_features[0]
+    for episode, features in zip(plan.episodes, episode_features):
+        if features != first:
+            keys = sorted(k for k in set(first) | set(features) if first.get(k) != features.get(k))
+            raise PosttrainError(f"{settings.input.name}: data/{episode.demo}: episode {episode.episode_index} "
+                                 f"features {keys} differ from episode 0's")
+    video_keys = list(settings.cameras.values())
+    info = lerobot.build_info(
+        robot_type=settings.robot_type or embodiment.name, episode_lengths=[e.length for e in plan.episodes],
+        num_tasks=1, fps=settings.fps, chunks_size=settings.chunks_size, features=first, video_keys=video_keys)
+    modality = json.loads(json.dumps(embodiment.modality))
+    modality["video"] = {key.rsplit(".", 1)[-1]: {"original_key": key} for key in video_keys}
+    source = dict(settings.source_fields(embodiment), episodes=[e.entry() for e in plan.episodes])
+    meta = root / "meta"
+    write_json_atomic(meta / "info.json", info, indent=4)
+    write_text_atomic(meta / "episodes.jsonl", lerobot.jsonl(
+        [{"episode_index": e.episode_index, "tasks": [settings.language_instruction], "length": e.length}
+         for e in plan.episodes]))
+    write_text_atomic(meta / "tasks.jsonl", lerobot.jsonl(
+        [{"task_index": settings.task_index, "task": settings.language_instruction}]))
+    write_json_atomic(meta / "modality.json", modality, indent=4)
+    write_json_atomic(meta / "source.json", source)
