@@ -1,0 +1,216 @@
+"""The workflow re-runs exactly the stale stages: one real run of a tiny config, then dry-run plans.
+
+The run (module fixture) goes through every rule once; each test then asks Snakemake what it would
+do after one change (`-n`, reading its job table) and checks the set of planned rules. The workflow
+runs from a private copy of Snakefile, rules/, config/ and the package sources, so a test can edit
+stage code, and edits made meanwhile in the checkout don't change the plan under the test's feet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+ISOLATED = ["--profile", "none", "--workflow-profile", "none"]
+CHECKOUT: Path  # set by the `checkout` fixture
+CONFIGS: list[Path]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def checkout(tmp_path_factory) -> Path:
+    """The workflow and package sources in a private folder (see the module docstring)."""
+    global CHECKOUT, CONFIGS
+    copy = tmp_path_factory.mktemp("checkout")
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    for folder in ("rules", "scripts", "envs", "config"):
+        shutil.copytree(REPO / folder, copy / folder)
+    shutil.copytree(REPO / "src" / "posttrain", copy / "src" / "posttrain",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    CHECKOUT = copy
+    CONFIGS = [copy / "config" / "config.yaml", copy / "config" / "test" / "tiny.yaml"]
+    return copy
+
+
+def smk(workdir: Path, *args, configfiles="default", profile_args=ISOLATED) -> subprocess.CompletedProcess:
+    """snakemake from the repo root on workdir; --configfile goes last (it takes several values)."""
+    configfiles = CONFIGS if configfiles == "default" else configfiles
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(CHECKOUT / "Snakefile"), "--directory", str(workdir),
+           *profile_args, *map(str, args)]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    # the rules call `posttrain`: find it beside this Python even when the venv is not activated
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=path)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """The dry run's job table ({rule: count}, without `all`); {} when nothing is to be done."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match or match.group(1) == "total":
+            break
+        jobs[match.group(1)] = int(match.group(2))
+    jobs.pop("all", None)
+    assert jobs, out[-3000:]
+    return jobs
+
+
+def overlay(path: Path, text: str) -> list[Path]:
+    path.write_text(text)
+    return [*CONFIGS, path]
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """The whole workflow, run for real once on the tiny config."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = smk(workdir, "-c2")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return workdir
+
+
+def test_full_run_writes_every_stage(done_run):
+    ds = done_run / "results" / "tiny"
+    for path in ["lerobot/meta/info.json", "lerobot/meta/stats.json", "verify/report.json",
+                 "train/tiny/DONE.json", "train/tiny/checkpoint-20", "eval/tiny/metrics.json",
+                 "report/dataset.html", "report/tiny/eval_metrics.html"]:
+        assert (ds / path).exists(), path
+    assert not (ds / "convert_shards").exists() or not any((ds / "convert_shards").iterdir())  # temp()
+    assert (done_run / "logs" / "train" / "tiny" / "tiny.log").is_file()
+    assert (done_run / "benchmarks" / "convert_shard" / "tiny" / "1.tsv").is_file()
+
+
+def test_untouched_plans_nothing(done_run):
+    assert planned(smk(done_run, "-n")) == {}
+
+
+def test_learning_rate_reruns_training_onward(done_run, tmp_path):
+    files = overlay(tmp_path / "lr.yaml", "train: {learning_rate: 1.0e-4}\n")
+    assert set(planned(smk(done_run, "-n", configfiles=files))) == {
+        "train", "eval", "report_training", "report_metrics"}
+
+
+def test_language_instruction_reruns_conversion_onward(done_run, tmp_path):
+    files = overlay(tmp_path / "text.yaml", "convert: {language_instruction: Pick up the bottle.}\n")
+    plan = planned(smk(done_run, "-n", configfiles=files))
+    assert "synth" not in plan
+    assert plan["convert_shard"] == 2
+    assert {"convert_gather", "stats", "verify", "train", "eval"} <= set(plan)
+
+
+def test_reordering_config_keys_plans_nothing(done_run, tmp_path):
+    """params are canonical JSON: the same values written in another order change nothing."""
+    tiny = yaml.safe_load(CONFIGS[1].read_text())
+    tiny["train"] = dict(reversed(list(tiny["train"].items())))
+    files = overlay(tmp_path / "reordered.yaml", yaml.safe_dump(tiny, sort_keys=False))
+    assert planned(smk(done_run, "-n", configfiles=[CONFIGS[0], files[-1]])) == {}
+
+
+def write_profile(folder: Path, gpus: int, launcher: str) -> Path:
+    folder.mkdir()
+    (folder / "profile.yaml").write_text(yaml.safe_dump({
+        "configfile": [str(p) for p in CONFIGS],  # the same training preset for both
+        "cores": 2,
+        "resources": {"gpu": gpus},
+        "set-resources": {"train": {"gpu": gpus, "launcher": launcher}},
+        "printshellcmds": True,
+    }))
+    return folder
+
+
+def test_switching_profiles_with_the_same_preset_plans_nothing(done_run, tmp_path):
+    cpu = write_profile(tmp_path / "cpu", 0, "posttrain")
+    quad = write_profile(tmp_path / "quad", 4, "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli")
+    for profile in (cpu, quad):
+        result = smk(done_run, "-n", configfiles=None, profile_args=["--profile", profile, "--workflow-profile", "none"])
+        assert planned(result) == {}, profile.name
+    # ...while the launcher really differs: force the train job into the plan to see its command
+    result = smk(done_run, "-n", "-R", "train", configfiles=None,
+                 profile_args=["--profile", quad, "--workflow-profile", "none"])
+    assert "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli train" in result.stdout
+
+
+def test_code_change_reruns_that_stage_onward(done_run, checkout):
+    convert = checkout / "src" / "posttrain" / "convert.py"
+    original = convert.read_text()
+    convert.write_text(original + "\n# an edit\n")
+    try:
+        plan = planned(smk(done_run, "-n"))
+    finally:
+        convert.write_text(original)
+    assert "synth" not in plan
+    assert {"convert_shard", "convert_gather", "stats", "verify", "train", "eval"} <= set(plan)
+
+    train = checkout / "src" / "posttrain" / "train.py"
+    original = train.read_text()
+    train.write_text(original + "\n# an edit\n")
+    try:
+        plan = planned(smk(done_run, "-n"))
+    finally:
+        train.write_text(original)
+    assert set(plan) == {"train", "eval", "report_training", "report_metrics"}
+    assert planned(smk(done_run, "-n")) == {}  # restored: the hash is of the content, not the mtime
+
+
+def test_gpu_profile_without_gpus_fails_before_training(done_run, tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has 2 GPUs")
+    workdir = tmp_path / "copy"
+    shutil.copytree(done_run, workdir, symlinks=True)
+    profile = write_profile(tmp_path / "two_gpus", 2, "posttrain")
+    env_skip = os.environ.pop("POSTTRAIN_SKIP_GPU_CHECK", None)
+    try:
+        result = smk(workdir, "-R", "train", "--until", "train", configfiles=None,
+                     profile_args=["--profile", profile, "--workflow-profile", "none"])
+    finally:
+        if env_skip is not None:
+            os.environ["POSTTRAIN_SKIP_GPU_CHECK"] = env_skip
+    assert result.returncode != 0
+    assert "error: train asks for 2 GPU(s) (resources.gpu from the profile) but this node has 0" in (
+        result.stdout + result.stderr), result.stdout + result.stderr
+    run_dir = workdir / "results" / "tiny" / "train" / "tiny"
+    log = (workdir / "logs" / "train" / "tiny" / "tiny.log").read_text()
+    assert "posttrain.train" not in log  # the trainer never started
+    assert (run_dir / "checkpoint-20").is_dir()  # undeclared checkpoints survive a failed job
+
+
+def test_misspelled_key_is_an_error_naming_it(tmp_path):
+    files = overlay(tmp_path / "typo.yaml", "train: {lerning_rate: 1.0e-4}\n")
+    result = smk(tmp_path, "-n", configfiles=files)
+    assert result.returncode != 0
+    assert "unknown key train.lerning_rate" in result.stdout + result.stderr
+
+
+def test_float_written_as_string_is_an_error_naming_the_key(tmp_path):
+    files = overlay(tmp_path / "lr.yaml", "train:\n  learning_rate: 1e-4\n")  # YAML reads a string
+    result = smk(tmp_path, "-n", configfiles=files)
+    assert result.returncode != 0
+    assert ("train.learning_rate: '1e-4' is not of type 'number' (write floats with a dot, 1.0e-4: "
+            "YAML reads 1e-4 as a string)") in result.stdout + result.stderr
+
+
+def test_source_kind_picks_its_keys(tmp_path):
+    """kind: hdf5 over the tiny synth source: the synth-only keys are unknown for that kind."""
+    files = overlay(tmp_path / "src.yaml", "dataset: {source: {kind: hdf5, path: demos.hdf5}}\n")
+    result = smk(tmp_path, "-n", configfiles=files)
+    assert result.returncode != 0
+    assert "unknown key dataset.source.episodes" in result.stdout
+    assert "(allowed here: kind, path)" in result.stdout
