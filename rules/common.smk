@@ -188,7 +188,7 @@ def verify_args() -> str:
 TRAIN_BOOLEANS = ("use_wandb", "tune_llm", "tune_visual", "tune_projector", "tune_diffusion_model")
 TRAIN_VALUES = ("backend", "preset", "holdout_episodes", "global_batch_size", "gradient_accumulation_steps",
                 "max_steps", "save_steps", "save_total_limit", "learning_rate", "warmup_ratio", "weight_decay",
-                "seed", "dataloader_num_workers", "mixed_precision", "action_normalization")
+                "seed", "dataloader_num_workers", "mixed_precision", "action_normalization", "state_dropout_prob")
 
 
 def train_args() -> str:

@@ -35,9 +35,10 @@ def episodes():
 
 
 def target_from_image(frames: np.ndarray) -> np.ndarray:
-    """(u, v) of the red disc in each frame: the centroid of the red excess."""
+    """(u, v) of the disc in each frame: the centroid of the saturation excess (the disc is red or
+    green, the table and the hand nearly grey)."""
     frames = frames.astype(np.float32)
-    redness = np.clip(frames[..., 0] - (frames[..., 1] + frames[..., 2]) / 2 - 40, 0, None)
+    redness = np.clip(frames.max(axis=-1) - frames.min(axis=-1) - 40, 0, None)
     size = frames.shape[1]
     coords = (np.arange(size) + 0.5) / size
     mass = redness.sum(axis=(1, 2))
@@ -219,3 +220,20 @@ def test_vision_is_needed_to_predict_the_action_chunk(episodes):
     future = np.concatenate(future)
     blind, seeing = fit_error(np.concatenate(state_only), future), fit_error(np.concatenate(with_vision), future)
     assert seeing < 0.7 * blind, (seeing, blind)
+
+
+def test_grasp_is_announced_in_the_image_and_not_in_the_state(episodes):
+    """The target turns green over GRASP_CUE steps before the hands close; nothing in the state
+    changes before the grasp starts, so only vision tells when to close the hands."""
+    for episode in episodes:
+        frames = episode.render().astype(np.float32)
+        u, v = episode.targets[:, 0], episode.targets[:, 1]
+        size = episode.image_size
+        centre = frames[np.arange(episode.length), (v * size).astype(int), (u * size).astype(int)]
+        greener = centre[:, 1] > centre[:, 0]
+        cue_start = episode.grasp_start - synth.GRASP_CUE
+        assert not greener[: max(cue_start, 0)].any()
+        assert greener[episode.grasp_start:].all()
+        hand = synth.STATE_COLUMNS["R_index_proximal_joint"]
+        before = episode.state[: episode.grasp_start + 1, hand]
+        np.testing.assert_allclose(before, before[0])  # the hand starts moving only after the grasp starts

@@ -126,6 +126,8 @@ def build_command(args) -> list[str]:
         flags += ["--color-jitter-params", *jitter]
     if args.use_wandb:
         flags.append("--use-wandb")
+    if args.state_dropout_prob:  # GR00T's default is 0; the seed commands leave it out
+        flags += ["--state-dropout-prob", str(args.state_dropout_prob)]
     flags += [
         "--learning-rate", str(args.learning_rate),
         "--weight-decay", str(args.weight_decay),

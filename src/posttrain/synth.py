@@ -6,7 +6,9 @@ are a smooth function of (u, v) (`right_arm_targets`), reached from the rest pos
 minimum-jerk ramp. Once or twice mid-episode (in every demo of 30 steps or more) the target jumps
 to a new random place, at least MIN_JUMP away; only the image tells where, so the policy has to
 look throughout the episode, not only at the start.
-Near the end the hands close (a smooth ramp), so the hand joints vary too. The left arm mirrors a
+Near the end the hands close (a smooth ramp), so the hand joints vary too. The grasp is announced
+in the image only: the target turns from red to green over the GRASP_CUE steps before the hands
+start closing, so when to grasp is learnable, but not from the state. The left arm mirrors a
 small part of the right arm's motion.
 
 Dynamics: the state follows the commanded targets with a first-order lag,
@@ -53,6 +55,7 @@ LAG = 0.25            # fraction of the remaining distance the joints cover per 
 ARM_RAMP = 10         # steps of a minimum-jerk move to a new target
 HAND_RAMP = 10        # steps to close the hands
 MIN_JUMP = 0.3        # a jump moves the target at least this far (image fraction)
+GRASP_CUE = 16        # steps over which the target turns green before the hands close
 WRITE_BATCH = 32      # frames rendered and written at a time
 
 _SIDES = ("left", "right")
@@ -143,7 +146,8 @@ class SynthEpisode:
     def render(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Camera frames [start, stop) as uint8 (n, S, S, 3)."""
         stop = self.length if stop is None else stop
-        return render_frames(self.targets[start:stop], self.state[start:stop], self.image_size)
+        cue = np.clip((np.arange(start, stop) - (self.grasp_start - GRASP_CUE)) / GRASP_CUE, 0.0, 1.0)
+        return render_frames(self.targets[start:stop], self.state[start:stop], self.image_size, cue)
 
 
 def _timeline(rng: np.random.Generator, length: int) -> tuple[list[int], int]:
@@ -276,13 +280,15 @@ def _soft_disc(xx, yy, cx, cy, radius, edge):
     return x * x * (3 - 2 * x)
 
 
-def render_frames(targets: np.ndarray, state: np.ndarray, size: int) -> np.ndarray:
-    """Frames for targets (n, 2) and states (n, 54): table gradient, red target, grey hand blob."""
+def render_frames(targets: np.ndarray, state: np.ndarray, size: int, grasp_cue: np.ndarray) -> np.ndarray:
+    """Frames for targets (n, 2), states (n, 54) and grasp cues (n,) in 0..1: table gradient, a
+    target that turns from red to green as the cue rises, grey hand blob."""
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
     top, bottom = np.array([150, 165, 180], np.float32), np.array([105, 92, 80], np.float32)
     background = top + (bottom - top) * yy[..., None] + 12 * (xx[..., None] - 0.5)
-    red, grey = np.array([195, 60, 50], np.float32), np.array([55, 58, 66], np.float32)
+    red, green = np.array([195, 60, 50], np.float32), np.array([50, 190, 60], np.float32)
+    grey = np.array([55, 58, 66], np.float32)
     edge = max(3.0, 0.07 * size) / size  # soft edges survive 4:2:0 chroma subsampling
     hand_u, hand_v = hand_position_in_image(state)
     closing = np.clip(-(state[:, STATE_COLUMNS["R_index_proximal_joint"]]
@@ -291,7 +297,7 @@ def render_frames(targets: np.ndarray, state: np.ndarray, size: int) -> np.ndarr
     for i, (u, v) in enumerate(targets):
         image = background.copy()
         alpha = _soft_disc(xx, yy, u, v, 0.09, edge)[..., None]
-        image += (red - image) * alpha
+        image += (red + (green - red) * grasp_cue[i] - image) * alpha
         hand = 0.55 * _soft_disc(xx, yy, hand_u[i], hand_v[i], 0.07 * (1 - 0.3 * closing[i]), 2 * edge)[..., None]
         image += (grey - image) * hand
         frames[i] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
