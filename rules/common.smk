@@ -6,7 +6,9 @@ import functools
 import hashlib
 import json
 import re
+import os
 import shlex
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -19,6 +21,10 @@ SCHEMA = REPO / "config" / "schema.yaml"
 PACKAGE = REPO / "src" / "posttrain"
 EMBODIMENTS = REPO / "config" / "embodiments"
 REQUIRE_GPUS = REPO / "scripts" / "require_gpus.py"  # used as {REQUIRE_GPUS} in shell
+
+# Jobs call `posttrain`, `accelerate` and `torchrun` from the environment Snakemake runs in, also
+# when it was started as .venv/bin/snakemake without activating the venv (Slurm jobs inherit PATH).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 # --- configuration ---------------------------------------------------------------------------
