@@ -246,6 +246,13 @@ def convert_shard_dirs(wildcards) -> list[str]:
 
 
 def final_outputs(wildcards=None) -> list[str]:
-    """`rule all`: open-loop eval metrics and the report pages (rules/eval.smk, rules/report.smk)."""
+    """`rule all`: the trained run, open-loop eval metrics and the report pages.
+
+    A GR00T checkpoint is evaluated with Isaac-GR00T's own open_loop_eval.py (`posttrain eval`
+    prints the command), so with the gr00t backend the workflow ends at training and its report.
+    """
     # called when the DAG is built, after rules/report.smk has defined report_pages()
-    return [f"{RESULTS}/{DS}/eval/{RUN}/metrics.json", *report_pages()]
+    targets = [f"{RESULTS}/{DS}/train/{RUN}/DONE.json", *report_pages()]
+    if config["train"]["backend"] == "native":
+        targets.append(f"{RESULTS}/{DS}/eval/{RUN}/metrics.json")
+    return targets

@@ -106,6 +106,14 @@ def test_learning_rate_reruns_training_onward(done_run, tmp_path):
         "train", "eval", "report_training", "report_metrics"}
 
 
+def test_gr00t_backend_plans_training_but_not_our_eval(tmp_path):
+    """A GR00T checkpoint is evaluated with Isaac-GR00T's own script, so `all` stops at training."""
+    files = overlay(tmp_path / "gr00t.yaml", f"train: {{backend: gr00t, gr00t: {{repo: {tmp_path}}}}}\n")
+    plan = planned(smk(tmp_path / "work", "-n", configfiles=files))
+    assert "train" in plan and "verify" in plan
+    assert not {"eval", "report_training", "report_metrics"} & set(plan)
+
+
 def test_language_instruction_reruns_conversion_onward(done_run, tmp_path):
     files = overlay(tmp_path / "text.yaml", "convert: {language_instruction: Pick up the bottle.}\n")
     plan = planned(smk(done_run, "-n", configfiles=files))
