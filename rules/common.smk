@@ -178,7 +178,7 @@ def convert_args() -> str:
 
 
 def synth_args() -> str:
-    s = SOURCE
+    s = config["synth"]
     return shlex.join(str(a) for a in [
         "--episodes", s["episodes"], "--min-frames", s["min_frames"], "--max-frames", s["max_frames"],
         "--image-size", s["image_size"], "--seed", s["seed"]])

@@ -215,10 +215,15 @@ def test_float_written_as_string_is_an_error_naming_the_key(tmp_path):
             "YAML reads 1e-4 as a string)") in result.stdout + result.stderr
 
 
-def test_source_kind_picks_its_keys(tmp_path):
-    """kind: hdf5 over the tiny synth source: the synth-only keys are unknown for that kind."""
-    files = overlay(tmp_path / "src.yaml", "dataset: {source: {kind: hdf5, path: demos.hdf5}}\n")
-    result = smk(tmp_path, "-n", configfiles=files)
+def test_another_source_merges_cleanly_over_the_default(tmp_path):
+    """An overlay naming an HDF5 source replaces the synthetic one: conversion reads that file,
+    nothing is synthesized, and a misspelled source key is still an error naming it."""
+    demos = tmp_path / "demos.hdf5"
+    demos.write_bytes(b"")
+    files = overlay(tmp_path / "src.yaml", f"dataset: {{source: {{kind: hdf5, path: {demos}}}}}\n")
+    plan = planned(smk(tmp_path / "work", "-n", configfiles=files))
+    assert "synth" not in plan and plan["convert_shard"] == 2
+    files = overlay(tmp_path / "typo.yaml", f"dataset: {{source: {{kind: hdf5, pth: {demos}}}}}\n")
+    result = smk(tmp_path / "work", "-n", configfiles=files)
     assert result.returncode != 0
-    assert "unknown key dataset.source.episodes" in result.stdout
-    assert "(allowed here: kind, path)" in result.stdout
+    assert "unknown key dataset.source.pth (allowed here: kind, path)" in result.stdout + result.stderr
