@@ -236,7 +236,7 @@ def test_stale_total_is_a_warning_not_an_error(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("chunks, filters, direct", [
-    ((1, 8, 8, 3), {"compression": "gzip"}, True),            # one frame per chunk (synth)
+    ((1, 8, 8, 3), {"compression": "gzip"}, True),            # one frame per chunk
     ((3, 5, 6, 3), {"compression": "gzip"}, True),            # tiles with partial edge chunks
     (True, {"compression": "gzip"}, True),                    # h5py's guess, as Isaac Lab writes it
     ((2, 8, 8, 3), {"compression": "gzip", "shuffle": True}, False),  # another filter pipeline

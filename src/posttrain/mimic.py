@@ -242,10 +242,11 @@ class MimicFile:
 
     def iter_camera_frames(self, demo: str, camera: str, start: int = 0, stop: int | None = None,
                            batch: int = 32) -> Iterator[np.ndarray]:
-        """Yield frames [start, stop) as uint8 (n, H, W, 3) batches of at most `batch` frames.
+        """Yield frames [start, stop) as uint8 (n, H, W, 3) batches of about `batch` frames.
 
-        Only one batch is in memory at a time (h5py reads and decompresses just the slice), so a
-        512² episode of hundreds of frames never has to fit in memory whole.
+        Only one batch is in memory at a time, so a 512² episode of hundreds of frames never has to
+        fit in memory whole. On the fast path a batch is a whole number of chunk rows, so that each
+        stored chunk is inflated once (Isaac Lab's files have chunks of ~21 frames × 64² tiles).
         """
         key = camera_key(camera)
         t, _, _ = self.check_camera(demo, camera)
@@ -256,8 +257,11 @@ class MimicFile:
             raise ValueError("batch must be >= 1")
         ds = self.dataset(demo, key)
         direct = is_plain_deflate(ds)
-        for first in range(start, stop, batch):
-            last = min(first + batch, stop)
+        if direct:  # whole chunk rows per batch: each stored chunk is inflated once
+            rows = ds.chunks[0]
+            batch = rows * max(1, round(batch / rows))
+        for first in _batch_starts(start, stop, batch):
+            last = min((first // batch + 1) * batch, stop)
             if direct:
                 try:
                     yield read_deflate_chunks(ds, first, last)
@@ -279,6 +283,11 @@ class MimicFile:
         for row, index in enumerate(indices):
             out[row] = self._read(ds, demo, key, index)
         return out
+
+
+def _batch_starts(start: int, stop: int, batch: int) -> list[int]:
+    """Batch starts aligned to multiples of `batch` (the first batch may be shorter)."""
+    return [start, *range((start // batch + 1) * batch, stop, batch)] if start < stop else []
 
 
 # --- fast frame reads ---------------------------------------------------------------------------

@@ -320,9 +320,10 @@ def write_demo(group: h5py.Group, episode: SynthEpisode, seed: int) -> None:
     dataset("obs/actions", last_action)
     for key, values in episode.obs.items():
         dataset(f"obs/{key}", values)
-    # One frame per chunk: a reader streaming a few frames decompresses only those.
+    # h5py's own chunk guess, as Isaac Lab's `create_dataset(data=..., compression="gzip")` gets it
+    # (e.g. (21, 64, 64, 1) at 330 × 512²): readers and benchmarks see the layout of real files.
     frames = group.create_dataset(f"camera_obs/{CAMERA}", shape=(t, size, size, 3), dtype=np.uint8,
-                                  chunks=(1, size, size, 3), compression="gzip")
+                                  chunks=True, compression="gzip")
     for start in range(0, t, WRITE_BATCH):
         stop = min(start + WRITE_BATCH, t)
         frames[start:stop] = episode.render(start, stop)
