@@ -139,3 +139,17 @@ def test_atomic_outputs_are_readable_by_others(tmp_path):
         pass
     assert (tmp_path / "a.json").stat().st_mode & 0o044 == 0o044
     assert (tmp_path / "d").stat().st_mode & 0o055 == 0o055
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+    from posttrain.files import atomic_file
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o044 == 0o044

@@ -154,25 +154,23 @@ def test_switching_profiles_with_the_same_preset_plans_nothing(done_run, tmp_pat
     assert "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli train" in result.stdout
 
 
-def test_code_change_reruns_that_stage_onward(done_run, checkout):
-    convert = checkout / "src" / "posttrain" / "convert.py"
-    original = convert.read_text()
-    convert.write_text(original + "\n# an edit\n")
+def plan_after_edit(run_dir: Path, source: Path) -> dict[str, int]:
+    """The dry-run plan while `source` carries a harmless edit (restored afterwards)."""
+    original = source.read_text()
+    source.write_text(original + "\n# an edit\n")
     try:
-        plan = planned(smk(done_run, "-n"))
+        return planned(smk(run_dir, "-n"))
     finally:
-        convert.write_text(original)
+        source.write_text(original)
+
+
+def test_code_change_reruns_that_stage_onward(done_run, checkout):
+    package = checkout / "src" / "posttrain"
+    plan = plan_after_edit(done_run, package / "convert.py")
     assert "synth" not in plan
     assert {"convert_shard", "convert_gather", "stats", "verify", "train", "eval"} <= set(plan)
-
-    train = checkout / "src" / "posttrain" / "train.py"
-    original = train.read_text()
-    train.write_text(original + "\n# an edit\n")
-    try:
-        plan = planned(smk(done_run, "-n"))
-    finally:
-        train.write_text(original)
-    assert set(plan) == {"train", "eval", "report_training", "report_metrics"}
+    assert set(plan_after_edit(done_run, package / "train.py")) == {"train", "eval", "report_training",
+                                                                    "report_metrics"}
     assert planned(smk(done_run, "-n")) == {}  # restored: the hash is of the content, not the mtime
 
 

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.files import atomic_directory
+from posttrain.files import atomic_directory, atomic_file
 
 log = logging.getLogger("posttrain.hub")
 
@@ -116,11 +116,9 @@ def download_hdf5(repo_id: str, repo_type: str, revision: str | None, path: str,
     except Exception as err:  # every Hub/network failure becomes one clear line
         raise hub_error(err, where) from None
     log.info("%s -> %s (snapshot %s)", where, output, snapshot_commit(cached))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    link_or_copy(cached, tmp)
-    os.replace(tmp, output)
+    with atomic_file(output) as tmp:
+        tmp.unlink()  # link_or_copy creates it
+        link_or_copy(cached, tmp)
     return output
 
 

@@ -32,7 +32,6 @@ them above 35 dB PSNR, the threshold `posttrain verify` checks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from posttrain.embodiment import load_embodiment
 from posttrain.errors import PosttrainError
+from posttrain.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -339,11 +339,9 @@ def write_synthetic(path: str | os.PathLike, episodes: int = 12, min_frames: int
         raise PosttrainError(f"{path}: need 2 <= --min-frames <= --max-frames, got {min_frames}, {max_frames}")
     if image_size < 16 or image_size % 2:
         raise PosttrainError(f"{path}: --image-size must be even and >= 16, got {image_size}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     total = 0
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             data.attrs["env_args"] = json.dumps({"env_name": ENV_NAME, "type": 2})
             for i in tqdm(range(episodes), desc="synth", unit="demo", disable=not progress):
@@ -351,13 +349,8 @@ def write_synthetic(path: str | os.PathLike, episodes: int = 12, min_frames: int
                 write_demo(data.create_group(f"demo_{i}"), episode, seed)
                 total += episode.length
             data.attrs["total"] = total
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise PosttrainError(f"{path}: cannot write ({' '.join(str(err).split())})") from None
-        raise
+    except OSError as err:
+        raise PosttrainError(f"{path}: cannot write ({' '.join(str(err).split())})") from None
     log.info("%s: %d demos, %d steps, %dx%d images", path, episodes, total, image_size, image_size)
     return path
 

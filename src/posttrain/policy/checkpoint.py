@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from posttrain.errors import PosttrainError
-from posttrain.files import write_json_atomic
+from posttrain.files import atomic_file, write_json_atomic
 
 from .model import PolicyModel
 from .normalize import Normalizer
@@ -42,14 +41,8 @@ def save_pretrained(model: PolicyModel, directory: str | os.PathLike, *, stats: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{MODEL_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(directory / MODEL_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / MODEL_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     write_json_atomic(directory / CONFIG_FILE, model.config.to_dict())
     for name, obj in ((STATS_FILE, stats), (MODALITY_FILE, modality), (SPLIT_FILE, split)):
         if obj is not None:
