@@ -1,9 +1,6 @@
 # Shared by every rule file: config validation, paths, wildcard constraints, the per-stage
 # `params:` helpers that make an edit re-run exactly the stages it affects, and the final targets.
 
-import ast
-import functools
-import hashlib
 import json
 import re
 import os
@@ -16,9 +13,10 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from posttrain import workflow as posttrain_workflow
+
 REPO = Path(workflow.basedir)  # the directory of the Snakefile
 SCHEMA = REPO / "config" / "schema.yaml"
-PACKAGE = REPO / "src" / "posttrain"
 EMBODIMENTS = REPO / "config" / "embodiments"
 REQUIRE_GPUS = REPO / "scripts" / "require_gpus.py"  # used as {REQUIRE_GPUS} in shell
 
@@ -91,59 +89,9 @@ def train_config() -> str:
 
 
 # --- params: code versions -------------------------------------------------------------------
-# Snakemake's `code` trigger sees only the shell text, not the posttrain package. So each rule
-# gets a `code` param: a hash of its stage name and every posttrain name it imports
-# (found statically, transitively). Editing convert.py re-runs conversion onward and nothing
-# else; editing a shared format name (lerobot.py, files.py) re-runs every stage that imports
-# it. The dispatcher cli.py is left out. Accept a cosmetic edit with `snakemake --touch`.
-def _module_file(name: str) -> Path | None:
-    base = PACKAGE.joinpath(*name.split(".")[1:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_modules(path: Path, dotted: str) -> set[str]:
-    package = dotted if path.name == "__init__.py" else dotted.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                parent = ".".join(parts[: len(parts) - node.level + 1])
-                base = f"{parent}.{node.module}" if node.module else parent
-            else:
-                base = node.module or ""
-            found.add(base)
-            # `from posttrain import lerobot` names a module, not an attribute
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == "posttrain" or name.startswith("posttrain.")}
-
-
-@functools.cache
-def stage_sources(stage: str) -> tuple[Path, ...]:
-    """posttrain/<stage>.py and the posttrain modules it imports, transitively."""
-    seen, todo, files = set(), [f"posttrain.{stage}"], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name in ("posttrain", "posttrain.cli"):
-            continue
-        seen.add(name)
-        path = _module_file(name)
-        if path is not None:
-            files.add(path)
-            todo.extend(_imported_modules(path, name))
-    return tuple(sorted(files))
-
-
-def code_version(stage: str, extra: list[Path] = ()) -> str:
-    digest = hashlib.sha256()
-    for path in [*stage_sources(stage), *sorted(extra)]:
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+# A hash of each stage's posttrain sources (syntax trees: comments and layout do not count), so
+# that a code change re-runs that stage onward (posttrain.workflow.code_version).
+code_version = posttrain_workflow.code_version
 
 
 def embodiment_files() -> list[Path]:
