@@ -25,10 +25,11 @@ if RAW_SOURCE:
 
     rule convert_shard:
         input:
-            raw_hdf5,
+            raw_hdf5_input,
         output:
             temp(directory(f"{RESULTS}/{{ds}}/convert_shards/{{k}}")),
         params:
+            source_content=source_fingerprint,  # content, not mtime: see raw_hdf5_input
             cfg=stage_config("convert"),
             args=convert_args(),
             num_shards=config["convert"]["shards"],
@@ -46,12 +47,13 @@ if RAW_SOURCE:
 
     rule convert_gather:
         input:
-            hdf5=raw_hdf5,
+            hdf5=raw_hdf5_input,
             shards=convert_shard_dirs,
         output:
             multiext(f"{RESULTS}/{{ds}}/lerobot/meta/", "info.json", "episodes.jsonl", "tasks.jsonl",
                      "modality.json", "source.json"),
         params:
+            source_content=source_fingerprint,
             dataset=dataset_dir,
             cfg=stage_config("convert"),
             args=convert_args(),

@@ -26,10 +26,11 @@ rule verify:
     input:
         # after stats: both read the dataset directory, stats writes into it
         stats=f"{RESULTS}/{{ds}}/lerobot/meta/stats.json",
-        hdf5=raw_hdf5 if RAW_SOURCE else [],
+        hdf5=raw_hdf5_input if RAW_SOURCE else [],
     output:
         report=f"{RESULTS}/{{ds}}/verify/report.json",
     params:
+        source_content=source_fingerprint,
         dataset=dataset_dir,
         outdir=lambda wc: f"{RESULTS}/{wc.ds}/verify",
         # a pre-converted Hub dataset has no source HDF5: only the internal checks run

@@ -2,15 +2,6 @@
 # recorded in its split.json; with eval.all_checkpoints also every kept checkpoint.
 
 
-def eval_args() -> str:
-    e = config["eval"]
-    args = ["--episodes-to-plot", e["plot_episodes"], "--stride", e.get("stride", 1),
-            "--batch-size", e.get("batch_size", 8), "--seed", e.get("seed", 0)]
-    if e["all_checkpoints"]:
-        args.append("--all-checkpoints")
-    return shlex.join(str(a) for a in args)
-
-
 rule eval:
     input:
         done=f"{RESULTS}/{{ds}}/train/{{run}}/DONE.json",

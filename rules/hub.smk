@@ -4,28 +4,6 @@
 # Tokens come from HF_TOKEN or `hf auth login` (huggingface_hub reads them; never in params/logs).
 
 
-def hub_source_args() -> str:
-    s = SOURCE
-    args = ["--repo-id", s["repo_id"], "--repo-type", s.get("repo_type", "dataset"),
-            "--format", s.get("format", "hdf5")]
-    if s.get("revision"):
-        args += ["--revision", s["revision"]]
-    if s.get("format", "hdf5") == "hdf5":
-        path = s.get("path") or s.get("filename")
-        if not path:
-            raise WorkflowError("config: dataset.source.path: needed for a hub source with format hdf5 "
-                                "(the HDF5 file inside the repository)")
-        args += ["--path", path]
-    else:
-        patterns = s.get("include")  # (a variable may not be called `include` in a .smk file)
-        if not patterns:
-            raise WorkflowError("config: dataset.source.include: needed for a hub source with format lerobot "
-                                "(glob(s) of the dataset's files, e.g. 'task/lerobot/**')")
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            args += ["--include", pattern]
-    return shlex.join(str(a) for a in args)
-
-
 if SOURCE["kind"] == "hub" and SOURCE.get("format", "hdf5") == "hdf5":
 
     rule hub_download_hdf5:
@@ -68,18 +46,6 @@ if SOURCE["kind"] == "hub" and SOURCE.get("format", "hdf5") == "lerobot":
             "../envs/hub.yaml"
         shell:
             "posttrain hub download {params.args} --output {params.dataset:q} > {log:q} 2>&1"
-
-
-HUB_UPLOAD = config.get("hub_upload") or {}
-
-
-def upload_args(repo_key: str) -> str:
-    args = ["--repo-id", HUB_UPLOAD[repo_key]]
-    if HUB_UPLOAD.get("private"):
-        args.append("--private")
-    if HUB_UPLOAD.get("dry_run"):
-        args.append("--dry-run")
-    return shlex.join(args)
 
 
 if HUB_UPLOAD.get("dataset_repo"):

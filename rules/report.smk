@@ -2,17 +2,6 @@
 # episode, training curves and evaluation metrics (the eval plots are report items of rules/eval.smk).
 
 
-def report_pages() -> list[str]:
-    """The report pages `rule all` asks for (one dataset, one run)."""
-    base = f"{RESULTS}/{DS}/report"
-    pages = [f"{base}/dataset.html", f"{base}/verify.html", f"{base}/episode_video.html"]
-    # Our TensorBoard tags and checkpoint layout are the native trainer's; a GR00T run has its own
-    # logs (wandb/trainer_state.json) and is evaluated with Isaac-GR00T's open_loop_eval.py.
-    if config["train"]["backend"] == "native":
-        pages += [f"{base}/{RUN}/training_curves.png", f"{base}/{RUN}/eval_metrics.html"]
-    return pages
-
-
 rule report_dataset:
     input:
         stats=f"{RESULTS}/{{ds}}/lerobot/meta/stats.json",

@@ -180,3 +180,85 @@ def test_missing_embodiment_file(gr1_copy):
     (gr1_copy / "modality.json").unlink()
     with pytest.raises(PosttrainError, match=r"modality\.json: embodiment file missing"):
         load_embodiment(gr1_copy)
+
+
+# --- G1 and embodiment.yaml (extra columns, robot_type, cameras, other joint-map names) ------------
+
+G1_DIR = REPO / "config" / "embodiments" / "g1"
+G1_ARENA = SHARED / "reference" / "isaaclab_arena_g1" / "embodiment"
+
+
+@pytest.fixture
+def g1_copy(tmp_path) -> Path:
+    dst = tmp_path / "g1"
+    shutil.copytree(G1_DIR, dst)
+    return dst
+
+
+def test_g1_is_arena_g1_plus_its_columns():
+    emb = load_embodiment("g1")
+    sim = yaml.safe_load((G1_ARENA / "43dof_joint_space.yaml").read_text())["joints"]
+    policy = yaml.safe_load((G1_ARENA / "gr00t_43dof_joint_space.yaml").read_text())["joints"]
+    order = ["left_leg", "right_leg", "waist", "left_arm", "left_hand", "right_arm", "right_hand"]  # modality.json
+    assert list(emb.groups) == order and emb.joint_names == [n for g in order for n in policy[g]]
+    assert emb.state_indices.tolist() == emb.action_indices.tolist() == [sim[n] for n in emb.joint_names]
+    assert (emb.sim_state_dims, emb.sim_action_dims, emb.dims) == (43, 43, 43)
+    for name in ("43dof_joint_space.yaml", "gr00t_43dof_joint_space.yaml", "modality.json", "info.json"):
+        assert (G1_DIR / name).read_bytes() == (G1_ARENA / name).read_bytes(), "a verbatim copy of Arena's file"
+    assert [(c.name, c.dtype, c.width) for c in emb.columns] == [
+        ("observation.eef_pose", "float64", 14), ("action.eef_pose", "float64", 14),
+        ("teleop.base_height_command", "float32", 1), ("teleop.navigate_command", "float32", 3),
+        ("teleop.torso_orientation_rpy_command", "float32", 3)]
+    assert [p.key for p in emb.columns[0].parts] == ["obs/left_eef_pos", "obs/left_eef_quat", "obs/right_eef_pos",
+                                                     "obs/right_eef_quat"]
+    assert emb.robot_type == "unitree_g1" and emb.cameras == {"robot_head_cam_rgb": "observation.images.ego_view"}
+    assert emb.annotation_key == "annotation.human.task_description"
+    gr1 = load_embodiment("gr1")  # no embodiment.yaml: Arena's GR1 layout, no extra columns
+    assert (gr1.columns, gr1.robot_type, gr1.cameras) == ((), None, None)
+    assert gr1.annotation_key == "annotation.human.action.task_description"
+
+
+def test_arena_names_rename_the_datasets_they_name():
+    emb = load_embodiment("g1").with_arena_names({"left_eef_pos_name_sim": "left_wrist_pos"}, "my.yaml")
+    assert [c.parts[0].key for c in emb.columns[:2]] == ["obs/left_wrist_pos", "action/left_wrist_pos"]
+    assert emb.columns[0].parts[1].key == "obs/left_eef_quat" and emb.dims == 43
+    with pytest.raises(PosttrainError, match=r"my\.yaml: left_eef_pos_name_sim: embodiment gr1 declares no column"):
+        load_embodiment("gr1").with_arena_names({"left_eef_pos_name_sim": "left_eef_pos"}, "my.yaml")
+
+
+def edit_description(path: Path, edit) -> None:
+    data = yaml.safe_load((path / "embodiment.yaml").read_text())
+    edit(data)
+    (path / "embodiment.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(colour="red"), r"embodiment\.yaml: unknown key 'colour'"),
+    (lambda d: d["columns"]["teleop.navigate_command"].update(dtype="int64"),
+     r"columns\.teleop\.navigate_command: dtype 'int64'"),
+    (lambda d: d["columns"].update({"timestamp": {"dtype": "float64", "parts": [{"key": "obs/t", "width": 1}]}}),
+     r"columns\.timestamp: a column every conversion writes"),
+    (lambda d: d["columns"]["action.eef_pose"]["parts"][0].update(width=0), r"action\.eef_pose: parts\[0\]"),
+    (lambda d: d["columns"].pop("teleop.navigate_command"),
+     r"modality\.json: action\.navigate_command: original_key 'teleop\.navigate_command' is neither 'action' "
+     r"nor a column declared in .*embodiment\.yaml"),
+    (lambda d: d["columns"]["observation.eef_pose"]["parts"][0].update(width=2),
+     r"modality\.json: state\.right_wrist_pose: slice \[7, 14\) outside observation\.eef_pose of width 13"),
+    (lambda d: d["joint_maps"].update(policy="gr00t_44dof_joint_space.yaml"),
+     r"gr00t_44dof_joint_space\.yaml: embodiment file missing"),
+])
+def test_bad_description_rejected(g1_copy, edit, message):
+    edit_description(g1_copy, edit)
+    with pytest.raises(PosttrainError, match=message):
+        load_embodiment(g1_copy)
+
+
+def test_g1_without_its_description_cannot_place_the_eef_groups(g1_copy):
+    (g1_copy / "embodiment.yaml").unlink()  # then the GR1 file names are expected
+    with pytest.raises(PosttrainError, match=r"54dof_joint_space\.yaml: embodiment file missing"):
+        load_embodiment(g1_copy)
+    with pytest.raises(PosttrainError, match=r"state\.left_wrist_pose: original_key 'observation\.eef_pose' is "
+                                             r"neither 'observation\.state' nor a column declared in an "
+                                             r"embodiment\.yaml \(none found\)"):
+        Embodiment.from_files(g1_copy / "43dof_joint_space.yaml", g1_copy / "43dof_joint_space.yaml",
+                              g1_copy / "gr00t_43dof_joint_space.yaml", g1_copy / "modality.json")

@@ -17,6 +17,7 @@ import pytest
 
 import posttrain.policy
 from conftest import run_cli
+from posttrain.eval import error_summary, verdict
 from posttrain.lerobot import LeRobotDataset
 
 H = 16
@@ -68,7 +69,7 @@ def episode(dataset: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
             np.array(table.column("action").to_pylist(), np.float64))
 
 
-def test_eval_metrics_match_independent_computation(converted_dataset, fake_policy, tmp_path):
+def test_eval_metrics_match_independent_computation(converted_dataset, fake_policy, tmp_path, caplog):
     run_dir = tmp_path / "run"
     ckpt = make_checkpoint(run_dir, converted_dataset)
     out = tmp_path / "eval"
@@ -109,6 +110,88 @@ def test_eval_metrics_match_independent_computation(converted_dataset, fake_poli
     for png in ("horizon_error.png", "trajectories.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The verdict agrees with the MSE numbers beside it. The stand-in ties hold state: a tie is no win.
+    v = m["verdict"]
+    assert set(v["baselines"]) == {"mean_action", "hold_state"}
+    for name, b in v["baselines"].items():
+        assert b["ratio"] == pytest.approx(m["policy"]["mse"] / m[name]["mse"], rel=1e-12)
+        assert b["beats"] == (b["ratio"] < 1)
+        assert b["ratio_per_step"] == pytest.approx(
+            np.array(m["policy"]["mse_per_step"]) / np.array(m[name]["mse_per_step"]), rel=1e-12)
+        assert b["beats_per_step"] == [r < 1 for r in b["ratio_per_step"]]
+        assert b["steps"] == H and b["steps_won"] == sum(b["beats_per_step"])
+        for group, g in b["groups"].items():
+            assert g["ratio"] == pytest.approx(m["policy"]["groups"][group]["mse"] / m[name]["groups"][group]["mse"])
+            assert g["beats"] == (g["ratio"] < 1)
+    hold = v["baselines"]["hold_state"]
+    assert hold["ratio"] == 1 and not hold["beats"] and hold["steps_won"] == 0
+    assert v["beats_all_baselines"] is False
+    assert v["summary"].startswith("The policy does not beat the ") and "hold-state 1x" in v["summary"]
+    assert f"verdict: {v['summary']}" in caplog.text  # logged, and the exit status stayed 0
+
+
+def summaries(**errors) -> dict:
+    """error_summary() of hand-made (chunks, H=4, D=4) error arrays: arm = dims 0-1, hand = dims 2-3."""
+    return {name: error_summary(np.asarray(e, np.float64), [("arm", 0, 2), ("hand", 2, 4)])
+            for name, e in errors.items()}
+
+
+def constant(arm: float, hand: float, steps=(1, 1, 1, 1)) -> np.ndarray:
+    """Errors of 2 chunks: `arm` on dims 0-1 and `hand` on dims 2-3, scaled per horizon step."""
+    per_dim = np.array([arm, arm, hand, hand])
+    return np.broadcast_to(np.asarray(steps, float)[None, :, None] * per_dim, (2, 4, 4))
+
+
+def test_verdict_wins_everywhere_and_loses_everywhere():
+    s = summaries(policy=constant(0.1, 0.1), mean_action=constant(1.0, 1.0), hold_state=constant(0.01, 0.01))
+    v = verdict(s["policy"], {"mean_action": s["mean_action"], "hold_state": s["hold_state"]})
+    mean, hold = v["baselines"]["mean_action"], v["baselines"]["hold_state"]
+    assert mean["ratio"] == pytest.approx(0.01) and mean["beats"] and mean["steps_won"] == 4 == mean["steps"]
+    assert mean["groups"]["arm"] == {"ratio": pytest.approx(0.01), "beats": True}
+    assert hold["ratio"] == pytest.approx(100) and not hold["beats"] and hold["steps_won"] == 0
+    assert hold["beats_per_step"] == [False] * 4 and not hold["groups"]["hand"]["beats"]
+    assert v["beats_all_baselines"] is False
+    assert v["summary"] == ("The policy does not beat the hold-state baseline on the held-out episodes "
+                            "(policy/baseline MSE: mean-action 0.01x, hold-state 100x); it does not beat "
+                            "hold-state at any of the 4 horizon steps or in any action group.")
+    # Without the losing baseline (hold state not applicable) the policy beats all there is.
+    v = verdict(s["policy"], {"mean_action": s["mean_action"], "hold_state": None})
+    assert list(v["baselines"]) == ["mean_action"] and v["beats_all_baselines"] is True
+    assert v["summary"] == ("The policy beats the mean-action baseline on the held-out episodes "
+                            "(policy/baseline MSE: mean-action 0.01x).")
+
+
+def test_verdict_mixed_per_step_with_a_tie():
+    # Baseline errors grow with the horizon (as holding the state does); the policy's are flat.
+    s = summaries(policy=constant(0.2, 0.2), hold_state=constant(0.1, 0.1, steps=(1, 2, 3, 4)))
+    hold = verdict(s["policy"], {"hold_state": s["hold_state"]})
+    b = hold["baselines"]["hold_state"]
+    assert b["ratio_per_step"] == pytest.approx([4, 1, 4 / 9, 1 / 4])
+    assert b["ratio_per_step"][1] == 1 and b["beats_per_step"] == [False, False, True, True]  # tie: no win
+    assert b["steps_won"] == 2 and b["ratio"] == pytest.approx(0.04 / 0.075) and b["beats"]
+    assert hold["beats_all_baselines"] is True
+    assert hold["summary"].endswith("; it does not beat hold-state at horizon steps 0-1 of 4.")
+
+
+def test_verdict_mixed_per_group():
+    # Wins on the arm, loses on the hand: overall a win against mean action, a loss against hold state.
+    s = summaries(policy=constant(0.1, 0.3), mean_action=constant(0.5, 0.2), hold_state=constant(0.3, 0.05))
+    v = verdict(s["policy"], {"mean_action": s["mean_action"], "hold_state": s["hold_state"]})
+    mean, hold = v["baselines"]["mean_action"], v["baselines"]["hold_state"]
+    assert mean["ratio"] == pytest.approx(0.05 / 0.145) and mean["beats"]
+    assert hold["ratio"] == pytest.approx(0.05 / 0.04625) and not hold["beats"]
+    for b, hand_ratio in ((mean, 0.09 / 0.04), (hold, 0.09 / 0.0025)):
+        assert b["groups"]["arm"]["beats"] and not b["groups"]["hand"]["beats"]
+        assert b["groups"]["hand"]["ratio"] == pytest.approx(hand_ratio)
+    assert v["beats_all_baselines"] is False
+    assert "it does not beat mean-action in hand; hold-state at any of the 4 horizon steps or in hand." in v["summary"]
+
+
+def test_verdict_against_a_perfect_baseline_is_no_win():
+    s = summaries(policy=constant(0.0, 0.1), hold_state=constant(0.0, 0.0))
+    b = verdict(s["policy"], {"hold_state": s["hold_state"]})["baselines"]["hold_state"]
+    assert b["ratio"] is None and not b["beats"] and b["groups"]["arm"] == {"ratio": None, "beats": False}
+
 
 def test_all_checkpoints_are_evaluated(converted_dataset, fake_policy, tmp_path):
     run_dir = tmp_path / "run"
@@ -119,6 +202,7 @@ def test_all_checkpoints_are_evaluated(converted_dataset, fake_policy, tmp_path)
     assert run_cli("eval", run_dir, converted_dataset, "--output", out, "--stride", "8", "--all-checkpoints") == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["step"] == 20 and list(m["checkpoints"]) == ["checkpoint-20", "checkpoint-10"]
+    assert m["checkpoints"]["checkpoint-10"]["beats_all_baselines"] is False  # the stand-in ties hold state
     assert (out / "checkpoints" / "checkpoint-10" / "metrics.json").is_file()
 
 

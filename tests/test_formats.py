@@ -153,3 +153,17 @@ def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_file(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and target.stat().st_mode & 0o044 == 0o044
+
+
+def test_every_feature_has_names_and_the_video_both_spellings():
+    table = lerobot.episode_columns(np.zeros((3, 26)), np.zeros((3, 26)), 0, 0, 50, 0)
+    features = lerobot.tabular_features(table, {"action": [f"j{i}" for i in range(26)]})
+    assert all("names" in entry for entry in features.values())  # lerobot's meta.names reads every one
+    assert features["action"]["names"][25] == "j25" and features["timestamp"]["names"] is None
+    assert features["index"] == {"dtype": "int64", "shape": [1], "names": None}
+    feature = lerobot.video_feature(480, 640, 50.0)
+    assert feature["names"] == ["height", "width", "channels"]  # lerobot's spelling (Arena's: "channel")
+    assert feature["video_info"]["video.fps"] == 50.0 and feature["video_info"]["video.width"] == 640  # GR00T's
+    assert feature["info"] == {"video.height": 480, "video.width": 640, "video.codec": "h264",
+                               "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": 50,
+                               "video.channels": 3, "has_audio": False}

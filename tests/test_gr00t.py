@@ -9,7 +9,9 @@ profile -> preset overlay -> rule -> backend -> argv.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -40,6 +42,11 @@ SEED_1GPU = ("--embodiment-tag GR1 --num-gpus 1 --global-batch-size 16 --max-ste
              "--save-total-limit 3 --dataloader-num-workers 4 --no-tune-llm --tune-visual --tune-projector "
              "--tune-diffusion-model --color-jitter-params brightness 0.3 contrast 0.4 saturation 0.5 hue 0.08")
 OPTIMIZER = "--learning-rate 0.0001 --weight-decay 1e-05 --warmup-ratio 0.05 --gradient-accumulation-steps 1"
+# config/hw/gpu1.yaml, sized for 24 GB (tests/test_memory_budget.py): the per-embodiment projector
+# only (the seed's tuning needs ~40 GB), 2 x 8 samples per optimizer step = the seed's batch of 16.
+GPU1_24GB = SEED_1GPU.replace("--global-batch-size 16", "--global-batch-size 8").replace(
+    "--tune-visual --tune-projector --tune-diffusion-model", "--no-tune-visual --tune-projector --no-tune-diffusion-model")
+OPTIMIZER_2X = OPTIMIZER.replace("--gradient-accumulation-steps 1", "--gradient-accumulation-steps 2")
 
 
 @pytest.fixture
@@ -69,7 +76,7 @@ def planned_train_args(profile: str, stand_in: Path, tmp_path: Path) -> list[str
     overlay = tmp_path / "gr00t.yaml"
     overlay.write_text(json.dumps({"train": {"backend": "gr00t", "gr00t": {
         "repo": str(stand_in), "modality_config_path": str(tmp_path / "gr1_arms_only_data_config.py")}}}))
-    hw = {"single-gpu": "gpu1", "local8gpu": "gpu8"}[profile]
+    hw = {"single-gpu": "gpu1", "single-gpu-48gb": "gpu1-48gb", "local8gpu": "gpu8"}[profile]
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "--workflow-profile", "none",
          "--directory", str(tmp_path / "plan"), "-n", "-p", "-F", "--configfile",
@@ -77,27 +84,35 @@ def planned_train_args(profile: str, stand_in: Path, tmp_path: Path) -> list[str
         capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     command = next(line for line in result.stdout.splitlines() if "posttrain train" in line)
-    command = command.split("posttrain train", 1)[1].split(" >> ", 1)[0]
+    command = re.split(r" (?:>>|2>&1) ", command.split("posttrain train", 1)[1], maxsplit=1)[0]
     return shlex.split(command)
 
 
-def seed_flags(stand_in: Path, workdir: Path, run: str, seed: str) -> list[str]:
+def seed_flags(stand_in: Path, workdir: Path, output_dir: Path, seed: str, optimizer: str = OPTIMIZER) -> list[str]:
     return ["--base-model-path", "nvidia/GR00T-N1.6-3B",
             "--dataset-path", str(workdir / "results" / "synthetic_gr1" / "lerobot"),
-            "--output-dir", str(workdir / "results" / "synthetic_gr1" / "train" / run),
+            "--output-dir", str(output_dir),
             "--modality-config-path", str(stand_in.parent / "gr1_arms_only_data_config.py"),
-            *seed.split(), *OPTIMIZER.split()]
+            *seed.split(), *optimizer.split()]
 
 
-def test_single_gpu_preset_runs_the_seed_command(stand_in, workdir, tmp_path):
+def gr00t_dirs(run_dir: Path) -> list[Path]:
+    """GR00T output directories of a run directory: one per run identity, gr00t-<12 hex digits>."""
+    found = sorted(p for p in run_dir.glob("gr00t-*") if p.is_dir())
+    assert all(re.fullmatch(r"gr00t-[0-9a-f]{12}", p.name) for p in found), found
+    return found
+
+
+def test_single_gpu_preset_runs_the_24gb_command(stand_in, workdir, tmp_path):
     args = planned_train_args("single-gpu", stand_in, tmp_path)
     assert run_cli("train", *args) == 0
     run_dir = workdir / "results" / "synthetic_gr1" / "train" / "gpu1"
-    argv = json.loads((run_dir / "argv.json").read_text())
+    [out] = gr00t_dirs(run_dir)
+    argv = json.loads((out / "argv.json").read_text())
     script = stand_in / "gr00t" / "experiment" / "launch_finetune.py"
-    assert argv == [str(script), *seed_flags(stand_in, workdir, "gpu1", SEED_1GPU)]
+    assert argv == [str(script), *seed_flags(stand_in, workdir, out, GPU1_24GB, OPTIMIZER_2X)]
     done = json.loads((run_dir / "DONE.json").read_text())
-    assert done["final_checkpoint"] == "checkpoint-30000" and done["step"] == 30000
+    assert done["final_checkpoint"] == f"{out.name}/checkpoint-30000" and done["step"] == 30000
 
 
 def test_8gpu_preset_prints_the_seed_torchrun_command(stand_in, workdir, tmp_path, capsys):
@@ -105,10 +120,23 @@ def test_8gpu_preset_prints_the_seed_torchrun_command(stand_in, workdir, tmp_pat
     assert run_cli("train", *args, "--print-command") == 0
     command = shlex.split(capsys.readouterr().out.strip())
     script = stand_in / "gr00t" / "experiment" / "launch_finetune.py"
+    run_dir = workdir / "results" / "synthetic_gr1" / "train" / "gpu8"
+    out = Path(command[command.index("--output-dir") + 1])
+    assert out.parent == run_dir and re.fullmatch(r"gr00t-[0-9a-f]{12}", out.name)
     assert Path(command[0]).name == "torchrun"
     assert command[1:] == ["--nproc_per_node=8", "--standalone", str(script),
-                           *seed_flags(stand_in, workdir, "gpu8", SEED_8GPU)]
-    assert not (workdir / "results" / "synthetic_gr1" / "train" / "gpu8" / "DONE.json").exists()
+                           *seed_flags(stand_in, workdir, out, SEED_8GPU)]
+    assert not run_dir.exists()  # printing the command writes nothing
+
+
+def test_48gb_preset_prints_the_seed_single_gpu_command(stand_in, workdir, tmp_path, capsys):
+    args = planned_train_args("single-gpu-48gb", stand_in, tmp_path)
+    assert run_cli("train", *args, "--print-command") == 0
+    command = shlex.split(capsys.readouterr().out.strip())
+    out = Path(command[command.index("--output-dir") + 1])
+    assert out.parent == workdir / "results" / "synthetic_gr1" / "train" / "gpu1-48gb"
+    script = stand_in / "gr00t" / "experiment" / "launch_finetune.py"
+    assert command[1:] == [str(script), *seed_flags(stand_in, workdir, out, SEED_1GPU)]
 
 
 def base_args(stand_in: Path, *extra: str) -> list[str]:
@@ -116,17 +144,60 @@ def base_args(stand_in: Path, *extra: str) -> list[str]:
             "--gr00t-repo", str(stand_in), "--max-steps", "4", "--save-steps", "2", *extra]
 
 
-def test_resume_is_implicit_and_no_resume_is_refused(stand_in, workdir, capsys):
-    (workdir / "run" / "checkpoint-2").mkdir(parents=True)
-    assert run_cli(*base_args(stand_in, "--no-resume")) == 2
-    assert "run: has checkpoint-2; Isaac-GR00T always resumes" in capsys.readouterr().err
-    assert run_cli(*base_args(stand_in)) == 0  # default --resume: GR00T picks checkpoint-2 up itself
-    assert json.loads((workdir / "run" / "DONE.json").read_text())["final_checkpoint"] == "checkpoint-4"
+def output_dir_of(run_dir: Path) -> Path:
+    return run_dir / json.loads((run_dir / "DONE.json").read_text())["final_checkpoint"].split("/")[0]
+
+
+def test_same_run_resumes_and_another_run_trains_in_a_fresh_directory(stand_in, workdir, caplog):
+    caplog.set_level(logging.INFO, logger="posttrain")
+    run_dir = workdir / "run"
+    assert run_cli(*base_args(stand_in)) == 0
+    first = output_dir_of(run_dir)
+    assert (first / "checkpoint-4").is_dir()
+    assert json.loads((run_dir / "DONE.json").read_text())["final_checkpoint"] == f"{first.name}/checkpoint-4"
+
+    # The same run, the dataset spelled as an absolute path: GR00T resumes it in the same directory.
+    absolute = [a if a != "results/synthetic_gr1/lerobot" else str(workdir / "results/synthetic_gr1/lerobot")
+                for a in base_args(stand_in)]
+    caplog.clear()
+    assert run_cli(*absolute) == 0
+    assert gr00t_dirs(run_dir) == [first] and f"resuming from run/{first.name}/checkpoint-4" in caplog.text
+
+    # Another learning rate is another run: a fresh output directory; the old one is kept as it was.
+    caplog.clear()
+    assert run_cli(*base_args(stand_in, "--learning-rate", "5e-5")) == 0
+    second = output_dir_of(run_dir)
+    assert second != first and gr00t_dirs(run_dir) == sorted([first, second])
+    assert (first / "checkpoint-4").is_dir() and "resuming" not in caplog.text
+    assert "is another run (learning_rate: 0.0003 -> 5e-05): kept" in caplog.text
+    argv = json.loads((second / "argv.json").read_text())
+    assert argv[argv.index("--output-dir") + 1] == str(second)
+
+    # New dataset content (recomputed stats) is another run too.
+    (workdir / "results/synthetic_gr1/lerobot/meta/stats.json").write_text('{"action": {}}\n')
+    caplog.clear()
+    assert run_cli(*base_args(stand_in)) == 0
+    third = output_dir_of(run_dir)
+    assert third not in (first, second) and len(gr00t_dirs(run_dir)) == 3
+    assert "dataset content changed (meta/stats.json)" in caplog.text
+
+
+def test_no_resume_moves_the_old_run_aside(stand_in, workdir, caplog):
+    run_dir = workdir / "run"
+    assert run_cli(*base_args(stand_in)) == 0
+    first = output_dir_of(run_dir)
+    (first / "checkpoint-4" / "weights").write_text("trained")
+    assert run_cli(*base_args(stand_in, "--no-resume")) == 0
+    [kept] = (run_dir / "superseded").glob(f"*-no-resume/{first.name}")
+    assert (kept / "checkpoint-4" / "weights").read_text() == "trained"  # moved, not deleted
+    assert output_dir_of(run_dir) == first and not (first / "checkpoint-4" / "weights").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--gr00t-repo", "nowhere"], "launch_finetune.py: not found: --gr00t-repo nowhere is not an Isaac-GR00T checkout"),
     (["--num-gpus", "3", "--global-batch-size", "32"], "--global-batch-size 32 is not divisible by --num-gpus 3"),
+    (["--num-gpus", "2", "--gradient-accumulation-steps", "3"],
+     "--global-batch-size 32 is not divisible by --num-gpus 2 x --gradient-accumulation-steps 3"),
     (["--num-gpus", "0"], "--num-gpus 0: the gr00t backend needs at least one GPU"),
     (["--color-jitter-params", "sharpness", "0.1"], "--color-jitter-params: unknown key 'sharpness'"),
 ])
@@ -152,3 +223,13 @@ def test_missing_dataset_files_fail_before_launching(stand_in, workdir, capsys):
     assert run_cli(*base_args(stand_in)) == 2
     assert "meta/stats.json: not found" in capsys.readouterr().err
     assert not (workdir / "run" / "argv.json").exists()
+
+
+def test_global_batch_is_per_optimizer_step_with_accumulation(stand_in, workdir, capsys):
+    """GR00T multiplies its --global-batch-size by --gradient-accumulation-steps; ours is the batch
+    per optimizer step (as the native trainer's), so GR00T gets global / accumulation."""
+    assert run_cli(*base_args(stand_in, "--global-batch-size", "16", "--gradient-accumulation-steps", "4",
+                              "--print-command")) == 0
+    command = shlex.split(capsys.readouterr().out.strip())
+    flag = {name: command[command.index(name) + 1] for name in ("--global-batch-size", "--gradient-accumulation-steps")}
+    assert flag == {"--global-batch-size": "4", "--gradient-accumulation-steps": "4"}

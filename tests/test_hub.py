@@ -6,7 +6,9 @@ in a subprocess with its own environment (and a token that must never show up in
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +141,104 @@ def test_upload_of_missing_path_fails(tmp_path, cache):
                 "--dry-run")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: nothing to upload (not found)"
+
+
+# --- cards ------------------------------------------------------------------------------------
+def split_card(text: str) -> tuple[dict, str]:
+    """YAML front matter and body of a README.md card, as the Hub reads them."""
+    import yaml
+    assert text.startswith("---\n")
+    head, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body
+
+
+def card_line(result) -> str:
+    return next(line for line in result.stdout.splitlines() if line.startswith("add README.md"))
+
+
+def test_dataset_upload_adds_the_card_lerobot_writes(tmp_path, cache, converted_dataset):
+    from posttrain import hub
+    r = hub_cli(tmp_path, cache, "upload", converted_dataset, "--repo-id", "acme/gr1-demos", "--repo-type",
+                "dataset", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    card = hub.dataset_card(converted_dataset, "acme/gr1-demos", "apache-2.0")
+    assert card_line(r) == f"add README.md ({len(card.encode())} bytes, generated card)"
+    assert "add meta/info.json" in r.stdout and "add data/chunk-000/episode_000000.parquet" in r.stdout
+    fields, body = split_card(card)
+    assert fields == {"license": "apache-2.0", "task_categories": ["robotics"],
+                      "tags": ["LeRobot", "GR00T", "isaac-lab"],
+                      "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}]}
+    parquet = [p.relative_to(converted_dataset).as_posix() for p in converted_dataset.rglob("*.parquet")]
+    assert parquet and all(fnmatch.fnmatch(p, fields["configs"][0]["data_files"]) for p in parquet)
+    info = json.loads(body.split("```json\n", 1)[1].split("\n```", 1)[0])  # meta/info.json, as the visualiser shows it
+    assert info == json.loads((converted_dataset / "meta/info.json").read_text())
+    assert "# gr1-demos" in body and "**Episodes:** 6" in body and 'LeRobotDataset("acme/gr1-demos")' in body
+    assert "observation.images.ego_view" in body and "demos.hdf5" in body  # camera, source file
+
+
+def test_card_license_and_a_readme_of_its_own(tmp_path, cache, copy_dataset):
+    dataset = copy_dataset()
+    r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset",
+                "--license", "cc-by-4.0", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    from posttrain import hub
+    assert split_card(hub.dataset_card(dataset, "acme/ds", "cc-by-4.0"))[0]["license"] == "cc-by-4.0"
+    (dataset / "README.md").write_text("# mine\n")
+    r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset", "--dry-run")
+    assert card_line(r) == "add README.md (7 bytes)"  # the user's own, never replaced
+    r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset",
+                "--path-in-repo", "task_1/lerobot", "--exclude", "README.md", "--dry-run")
+    assert "README.md" not in r.stdout  # into a folder: the root card belongs to the whole repository
+
+
+def make_run(tmp_path, eval_step):
+    """results/ds/train/run with DONE.json and checkpoint-20, and results/ds/eval/run/metrics.json."""
+    run = tmp_path / "results" / "ds" / "train" / "run"
+    ckpt = run / "checkpoint-20"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"w" * 10)
+    (ckpt / "model_config.json").write_text('{"preset": "tiny"}')
+    (ckpt / "train_config.json").write_text(json.dumps({"preset": "tiny", "learning_rate": 0.001,
+                                                         "dataset": "results/ds/lerobot", "max_steps": 20}))
+    (ckpt / "trainer_state.json").write_text('{"global_step": 20}')
+    (run / "DONE.json").write_text('{"final_checkpoint": "checkpoint-20", "step": 20}')
+    metrics = {"step": eval_step, "heldout_episodes": [4, 5], "action_horizon": 16,
+               "policy": {"mse": 0.0123, "mae": 0.05}, "mean_action": {"mse": 0.04, "mae": 0.1},
+               "hold_state": {"mse": 0.09, "mae": 0.2},
+               "verdict": {"summary": "The policy beats both baselines."}}
+    (tmp_path / "results" / "ds" / "eval" / "run").mkdir(parents=True)
+    (tmp_path / "results" / "ds" / "eval" / "run" / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_checkpoint_upload_adds_a_model_card_with_config_and_eval(tmp_path, cache):
+    from posttrain import hub
+    run = make_run(tmp_path, eval_step=20)
+    r = hub_cli(tmp_path, cache, "upload", run, "--repo-id", "acme/policy", "--repo-type", "model", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    ckpt = run / "checkpoint-20"
+    card = hub.model_card(ckpt, "acme/policy", "apache-2.0", hub.eval_metrics(ckpt, None))
+    assert card_line(r) == f"add README.md ({len(card.encode())} bytes, generated card)"
+    fields, body = split_card(card)
+    assert fields["license"] == "apache-2.0" and fields["pipeline_tag"] == "robotics"
+    assert {"LeRobot", "GR00T", "isaac-lab"} <= set(fields["tags"])
+    config = json.loads(body.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert config == json.loads((ckpt / "train_config.json").read_text())
+    assert "| policy | 0.0123 | 0.05 |" in body and "| mean-action baseline | 0.04 | 0.1 |" in body
+    assert "| hold-current-state baseline | 0.09 | 0.2 |" in body and "2 held-out episode(s)" in body
+    assert "The policy beats both baselines." in body and "(step 20)" in body
+
+
+def test_model_card_leaves_out_an_eval_of_another_checkpoint(tmp_path, cache):
+    from posttrain import hub
+    run = make_run(tmp_path, eval_step=10)
+    ckpt = run / "checkpoint-20"
+    assert hub.eval_metrics(ckpt, None) is None
+    body = split_card(hub.model_card(ckpt, "acme/policy", "apache-2.0", None))[1]
+    assert "No open-loop evaluation" in body and "| policy |" not in body
+    given = tmp_path / "results/ds/eval/run/metrics.json"
+    r = hub_cli(tmp_path, cache, "upload", run, "--repo-id", "acme/policy", "--repo-type", "model",
+                "--eval-metrics", given, "--dry-run")
+    card = hub.model_card(ckpt, "acme/policy", "apache-2.0", hub.eval_metrics(ckpt, given))
+    assert card_line(r) == f"add README.md ({len(card.encode())} bytes, generated card)"
+    assert "| policy | 0.0123 | 0.05 |" in card and "step 10" in card  # the evaluated step is named

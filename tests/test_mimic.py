@@ -258,3 +258,38 @@ def test_streamed_frames_equal_h5py_reads_for_any_chunk_layout(tmp_path, chunks,
             if direct:  # the fast path itself, not its h5py fallback
                 np.testing.assert_array_equal(read_deflate_chunks(mimic.dataset("demo_0", CAMERA), start, stop),
                                               frames[start:stop])
+
+
+def _extra_dataset(key, values):
+    return lambda data: data["demo_1"].create_dataset(key, data=values)
+
+
+@pytest.mark.parametrize("breaker, fragments", [
+    (None, ["data/demo_0/action/navigate_cmd: missing; data/demo_0 has: actions, camera_obs, obs"]),
+    (_extra_dataset("action/navigate_cmd", np.zeros((6, 2), np.float32)),
+     ["data/demo_1/action/navigate_cmd: shape (6, 2), expected (T, 3)"]),
+    (_extra_dataset("action/navigate_cmd", np.zeros((5, 3), np.float32)),
+     ["data/demo_1/action/navigate_cmd: 5 rows, but the action has 6"]),
+    (_extra_dataset("action/navigate_cmd", np.full((6, 3), np.inf)),
+     ["data/demo_1/action/navigate_cmd: inf at row 0, column 0"]),
+    (_extra_dataset("action/navigate_cmd", np.zeros((6, 3), np.int64)),
+     ["data/demo_1/action/navigate_cmd: dtype int64"]),
+])
+def test_extra_datasets_are_checked_like_the_state(tmp_path, breaker, fragments):
+    def add_to_demo_0(data):
+        data["demo_0"].create_dataset("action/navigate_cmd", data=np.zeros((5, 3), np.float32))
+        if breaker is not None:
+            breaker(data)
+    path = write_file(tmp_path / "demos.hdf5", breaker=add_to_demo_0 if breaker else None)
+    check_error(path, *fragments, extra={"obs/left_eef_pos": 3, "action/navigate_cmd": 3})
+
+
+def test_read_matrix_keeps_float64(tmp_path):
+    precise = np.linspace(0, 1, 15).reshape(5, 3)  # float64, not float32 values
+    path = write_file(tmp_path / "demos.hdf5", {"demo_0": 5},
+                      breaker=lambda d: replace(d["demo_0"], "obs/left_eef_pos", precise))
+    with MimicFile(path) as mimic:
+        assert mimic.check(extra={"obs/left_eef_pos": 3}) == {"demo_0": 5}
+        values = mimic.read_matrix("demo_0", "obs/left_eef_pos", 3)
+        assert values.dtype == np.float64 and np.array_equal(values, precise)
+        assert mimic.read_matrix("demo_0", STATE, 54).dtype == np.float32

@@ -83,17 +83,34 @@ def test_verify_page_shows_results_and_previews(tmp_path):
     assert base64.b64encode(PNG + b"fake").decode() in text and "episode_000000.png" in text
 
 
-def test_metrics_page_tabulates_policy_and_baselines(tmp_path):
-    def block(v):
-        return {"mse": v, "mae": v / 2, "mse_per_step": [v] * 16, "mae_per_step": [v / 2] * 16,
-                "groups": {"left_arm": {"mse": v * 3, "mae": v}}}
+def block(v):
+    return {"mse": v, "mae": v / 2, "mse_per_step": [v] * 16, "mae_per_step": [v / 2] * 16,
+            "groups": {"left_arm": {"mse": v * 3, "mae": v}}}
+
+
+def write_metrics(path, hold_state=None, verdict=None):
+    """A metrics.json as `posttrain eval` writes it, by hand: policy MSE 0.125, mean action 0.5."""
     metrics = {"checkpoint": "run/checkpoint-20", "step": 20, "heldout_episodes": [4, 5], "action_horizon": 16,
                "stride": 1, "num_chunks": 70, "units": "raw", "policy": block(0.125), "mean_action": block(0.5),
-               "hold_state": None, "baselines": {"mean_action": "train mean", "hold_state": "not applicable"},
+               "hold_state": hold_state, "baselines": {"mean_action": "train mean", "hold_state": "not applicable"},
                "per_episode": {"4": {"chunks": 35, "policy_mse": 0.1, "mean_action_mse": 0.4, "hold_state_mse": None}},
                "latency_ms_per_chunk": {"mean": 2.5, "p50": 2.0, "p90": 4.0, "batch_size": 8}}
-    src = tmp_path / "metrics.json"
-    src.write_text(json.dumps(metrics))
+    if verdict is not None:
+        metrics["verdict"] = verdict
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def baseline_verdict(ratio: float, steps_won: int) -> dict:
+    """One baseline's verdict: overall `ratio`; the policy wins the first `steps_won` horizon steps (ratio 0.5)."""
+    return {"ratio": ratio, "beats": ratio < 1, "steps_won": steps_won, "steps": 16,
+            "ratio_per_step": [0.5 if i < steps_won else 2.0 for i in range(16)],
+            "beats_per_step": [i < steps_won for i in range(16)],
+            "groups": {"left_arm": {"ratio": ratio, "beats": ratio < 1}}}
+
+
+def test_metrics_page_tabulates_policy_and_baselines(tmp_path):
+    src = write_metrics(tmp_path / "metrics.json")  # written before the verdict existed
     out = tmp_path / "metrics.html"
     assert run_cli("report", "metrics", src, "--output", out) == 0
     text = out.read_text()
@@ -102,3 +119,39 @@ def test_metrics_page_tabulates_policy_and_baselines(tmp_path):
     assert "hold current state</td>" not in text  # not applicable -> no row, explained under Baselines
     assert "<td class='l'>left_arm</td><td>0.375</td>" in text
     assert "<td>2.5</td><td>2</td><td>4</td><td>8</td>" in text
+    assert "No verdict in metrics.json" in text
+
+
+def test_metrics_page_leads_with_a_warning_when_the_policy_loses(tmp_path):
+    summary = ("The policy does not beat the hold-state baseline "
+               "(policy/baseline MSE: mean-action 0.25x, hold-state 2.5x).")
+    verdict = {"rule": "ratio < 1", "beats_all_baselines": False, "summary": summary,
+               "baselines": {"mean_action": baseline_verdict(0.25, 16), "hold_state": baseline_verdict(2.5, 3)}}
+    src = write_metrics(tmp_path / "metrics.json", hold_state=block(0.05), verdict=verdict)
+    out = tmp_path / "metrics.html"
+    assert run_cli("report", "metrics", src, "--output", out) == 0  # losing is information, not a failure
+    text = out.read_text()
+    body = text[text.index("<body>"):]
+    warning = "<div class='banner fail'><p>Warning: the policy does not beat every baseline.</p>"
+    assert body.index(warning) < body.index("<table")  # the page leads with it
+    assert f"<p>{summary}</p>" in text and "train.state_dropout_prob" in text
+    assert ("<td class='l'>hold current state</td><td>2.5</td><td>no</td><td>3 of 16</td><td>0 of 1</td>"
+            in text)
+    assert "<td class='l'>mean action</td><td>0.25</td><td>yes</td><td>16 of 16</td><td>1 of 1</td>" in text
+    # Per horizon step: step, policy MSE, then ratio and beats per baseline.
+    assert "<td class='l'>2</td><td>0.125</td><td>0.5</td><td>yes</td><td>0.5</td><td>yes</td>" in text
+    assert "<td class='l'>3</td><td>0.125</td><td>0.5</td><td>yes</td><td>2</td><td>no</td>" in text
+
+
+@pytest.mark.parametrize("steps_won, banner", [(16, "ok"), (12, "warn")])
+def test_metrics_page_without_an_overall_loss_has_no_warning(tmp_path, steps_won, banner):
+    """Beating every baseline overall: no warning; a note (not green) when some horizon steps are lost."""
+    summary = "The policy beats the mean-action baseline (policy/baseline MSE: mean-action 0.25x)."
+    verdict = {"rule": "ratio < 1", "beats_all_baselines": True, "summary": summary,
+               "baselines": {"mean_action": baseline_verdict(0.25, steps_won)}}
+    src = write_metrics(tmp_path / "metrics.json", verdict=verdict)
+    out = tmp_path / "metrics.html"
+    assert run_cli("report", "metrics", src, "--output", out) == 0
+    text = out.read_text()
+    assert f"<p class='banner {banner}'>{summary}</p>" in text
+    assert "Warning" not in text and "banner fail" not in text

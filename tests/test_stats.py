@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import GOLDEN, REPO, run_cli
-from posttrain import lerobot, statistics
+from posttrain import lerobot, statistics, video
 from posttrain.files import write_json_atomic, write_text_atomic
 
 
@@ -50,6 +50,11 @@ def test_golden_stats_reproduced(tmp_path):
     shutil.copytree(GOLDEN, root)
     golden = json.loads((GOLDEN / "meta/stats.json").read_text())
     (root / "meta/stats.json").unlink()
+    # the golden copy ships no video; its camera's per-episode stats need one (any frames will do)
+    frames = np.random.default_rng(0).integers(0, 256, (152, 32, 32, 3), dtype=np.uint8)
+    path = lerobot.LeRobotDataset(root).video_path(0, "observation.images.ego_view")
+    path.parent.mkdir(parents=True)
+    video.encode_video(path, frames, fps=20)
     assert run_cli("stats", root, "--workers", "1") == 0
     ours = json.loads((root / "meta/stats.json").read_text())
     assert list(ours) == list(golden)  # all 11 columns, in the same order
@@ -170,3 +175,126 @@ def test_row_count_mismatch_is_an_error(tabular, capsys):
     assert run_cli("stats", tabular) == 2
     err = capsys.readouterr().err
     assert "episode_000001.parquet" in err and "7 rows" in err and "says 8" in err
+
+
+# --- camera stats (lerobot's per-episode image stats) -------------------------------------------
+def lerobot_image_stats(frames_nhwc: np.ndarray, length: int) -> dict:
+    """The reference, written from lerobot v2.1's documented rule (shared/docs §11): a sample of
+    max(min(100, n), min(int(n**0.75), 10000)) evenly spaced frames, sides >= 300 px strided to
+    ~150 px, per-channel stats over (N, H, W) of CHW frames, divided by 255, shape (3, 1, 1)."""
+    count = max(min(100, length), min(int(length**0.75), 10_000))
+    picked = frames_nhwc[np.round(np.linspace(0, length - 1, count)).astype(int)].transpose(0, 3, 1, 2)
+    _, _, height, width = picked.shape
+    if max(height, width) >= 300:
+        stride = int(width / 150) if width > height else int(height / 150)
+        picked = picked[:, :, ::stride, ::stride]
+    stats = {name: fn(picked, axis=(0, 2, 3), keepdims=True) for name, fn in
+             (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std))}
+    return {**{k: np.squeeze(v / 255.0, axis=0) for k, v in stats.items()}, "count": [count]}
+
+
+def add_camera(root, size, seed=0):
+    """Encode a video per episode of a tabular dataset and list the camera in info.json."""
+    data = lerobot.LeRobotDataset(root)
+    rng = np.random.default_rng(seed)
+    key = "observation.images.front"
+    info = dict(data.info, video_path=lerobot.VIDEO_PATH, total_videos=len(data.episodes),
+                features={key: lerobot.video_feature(size[0], size[1], 50), **data.info["features"]})
+    write_json_atomic(root / "meta/info.json", info)
+    data = lerobot.LeRobotDataset(root)
+    for episode in data.episodes:
+        n = episode["length"]
+        y, x = np.mgrid[0:size[0], 0:size[1]]
+        frames = np.stack([np.stack([(x + 3 * i) % 256, (y * 2 + i) % 256, np.full_like(x, 40 + i % 100)], -1)
+                           for i in range(n)]).astype(np.uint8)
+        frames[:, :8] = rng.integers(0, 256, frames[:, :8].shape, dtype=np.uint8)  # some noise: std > 0
+        path = data.video_path(episode["episode_index"], key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        video.encode_video(path, frames, fps=50)
+    return key
+
+
+def assert_camera_stats_as_lerobot(root, key):
+    data = lerobot.LeRobotDataset(root)
+    lines = lerobot.read_jsonl(root / "meta/episodes_stats.jsonl")
+    for line, episode in zip(lines, data.episodes):
+        assert list(line["stats"])[0] == key  # cameras first, as in info.json
+        got, length = line["stats"][key], episode["length"]
+        want = lerobot_image_stats(data.read_video(episode["episode_index"], key), length)
+        assert got["count"] == want["count"]
+        for stat in ("min", "max", "mean", "std"):
+            assert np.asarray(got[stat]).shape == (3, 1, 1)
+            np.testing.assert_allclose(got[stat], want[stat], rtol=1e-12, atol=1e-15, err_msg=stat)
+    return lines
+
+
+def test_camera_stats_of_a_converted_dataset_as_lerobot_computes_them(copy_dataset):
+    root = copy_dataset()
+    (root / "meta/episodes_stats.jsonl").unlink()
+    assert run_cli("stats", root, "--workers", "2") == 0
+    lines = assert_camera_stats_as_lerobot(root, "observation.images.ego_view")
+    # episodes shorter than 100 frames use every frame
+    assert [line["stats"]["observation.images.ego_view"]["count"] for line in lines] == [
+        [e["length"]] for e in lerobot.LeRobotDataset(root).episodes]
+
+
+def test_camera_stats_sample_long_episodes_and_stride_large_frames(tmp_path):
+    root = make_tabular_dataset(tmp_path / "ds", [130, 20])
+    key = add_camera(root, (304, 320))  # a side >= 300 px: strided by int(320 / 150) = 2
+    assert run_cli("stats", root) == 0
+    lines = assert_camera_stats_as_lerobot(root, key)
+    assert [line["stats"][key]["count"] for line in lines] == [[100], [20]]
+    # lerobot aggregates them (weighted by sampled frames) into the normaliser's (3, 1, 1) mean/std
+    agg = statistics.aggregate_episode_stats([line["stats"][key] for line in lines])
+    assert agg["mean"].shape == (3, 1, 1) and agg["count"].tolist() == [120]
+    assert run_cli("verify", root, "--output", tmp_path / "verify", "--preview-episodes", "0") == 0
+
+
+def test_image_sample_counts_and_strides():
+    counts = {n: statistics.image_sample_count(n) for n in (1, 60, 100, 500, 1000, 2000, 10_000, 20_000, 10**6)}
+    assert counts == {1: 1, 60: 60, 100: 100, 500: 105, 1000: 177, 2000: 299, 10_000: 1000, 20_000: 1681,
+                      10**6: 10_000}
+    indices = statistics.image_sample_indices(1000)
+    assert len(indices) == 177 and indices[0] == 0 and indices[-1] == 999 and indices == sorted(set(indices))
+    assert [statistics.downsample_stride(h, w) for h, w in ((64, 64), (299, 299), (300, 200), (512, 512),
+                                                            (480, 640))] == [1, 1, 2, 3, 4]
+
+
+def test_int_and_bool_stats_keep_their_type(tabular):
+    assert run_cli("stats", tabular) == 0
+    line = lerobot.read_jsonl(tabular / "meta/episodes_stats.jsonl")[0]["stats"]
+    assert line["index"]["min"] == [0] and type(line["index"]["max"][0]) is int
+    assert line["next.done"]["min"] == [False] and line["next.done"]["max"] == [True]
+    assert type(line["next.reward"]["max"][0]) is float and type(line["index"]["mean"][0]) is float
+    assert line["index"]["count"] == [30]
+
+
+def test_missing_video_names_episode_and_camera(tmp_path, capsys):
+    root = make_tabular_dataset(tmp_path / "ds", [12, 9])
+    key = add_camera(root, (32, 32))
+    lerobot.LeRobotDataset(root).video_path(1, key).unlink()
+    assert run_cli("stats", root) == 2
+    err = capsys.readouterr().err
+    assert "episode 1, camera observation.images.front" in err and "episode_000001.mp4" in err
+    assert not (root / "meta/stats.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "shape", "count"])
+def test_verify_checks_the_camera_entries(tmp_path, capsys, damage):
+    root = make_tabular_dataset(tmp_path / "ds", [12, 9])
+    key = add_camera(root, (32, 32))
+    assert run_cli("stats", root) == 0
+    lines = lerobot.read_jsonl(root / "meta/episodes_stats.jsonl")
+    camera = lines[1]["stats"][key]
+    if damage == "missing":
+        del lines[1]["stats"][key]
+    elif damage == "shape":
+        camera["mean"] = [m[0][0] for m in camera["mean"]]  # (3,) instead of (3, 1, 1)
+    else:
+        camera["count"] = [5]
+    write_text_atomic(root / "meta/episodes_stats.jsonl", lerobot.jsonl(lines))
+    assert run_cli("verify", root, "--output", tmp_path / "verify", "--preview-episodes", "0") == 2
+    err = capsys.readouterr().err
+    expected = {"missing": "missing (rerun `posttrain stats`)", "shape": "mean: shape [3], expected [3, 1, 1]",
+                "count": "count [5], expected [9] sampled frames of 9"}[damage]
+    assert f"episode 1: episodes_stats: meta/episodes_stats.jsonl: {key}: {expected}" in err

@@ -36,15 +36,14 @@ def episodes():
 
 def target_from_image(frames: np.ndarray) -> np.ndarray:
     """(u, v) of the disc in each frame: the centroid of the saturation excess (the disc is red or
-    green, the table and the hand nearly grey)."""
+    green, the table and the hand nearly grey); u across the width, v down the height."""
     frames = frames.astype(np.float32)
     redness = np.clip(frames.max(axis=-1) - frames.min(axis=-1) - 40, 0, None)
-    size = frames.shape[1]
-    coords = (np.arange(size) + 0.5) / size
+    height, width = frames.shape[1:3]
     mass = redness.sum(axis=(1, 2))
     assert (mass > 0).all(), "every frame shows the target"
-    u = (redness.sum(axis=1) * coords).sum(axis=1) / mass
-    v = (redness.sum(axis=2) * coords).sum(axis=1) / mass
+    u = (redness.sum(axis=1) * ((np.arange(width) + 0.5) / width)).sum(axis=1) / mass
+    v = (redness.sum(axis=2) * ((np.arange(height) + 0.5) / height)).sum(axis=1) / mass
     return np.stack([u, v], axis=1)
 
 
@@ -106,9 +105,11 @@ def test_cli_defaults_and_bad_arguments(tmp_path):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
     args = parser.parse_args(["out.hdf5"])
-    assert (args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed) == (12, 60, 100, 128, 0)
+    assert (args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed) == (12, 60, 100, None, 0)
+    assert args.embodiment == "gr1" and synth.EMBODIMENTS["gr1"][2] == 128  # the embodiment's size by default
     out = tmp_path / "bad.hdf5"
-    assert run_cli("synth", out, "--image-size", "63") == 2
+    for size in ("63", "48x63", "48x", "8x16"):
+        assert run_cli("synth", out, "--image-size", size) == 2, size
     assert run_cli("synth", out, "--min-frames", "50", "--max-frames", "40") == 2
     assert run_cli("synth", out, "--episodes", "0") == 2
     (tmp_path / "taken").mkdir()
@@ -228,8 +229,7 @@ def test_grasp_is_announced_in_the_image_and_not_in_the_state(episodes):
     for episode in episodes:
         frames = episode.render().astype(np.float32)
         u, v = episode.targets[:, 0], episode.targets[:, 1]
-        size = episode.image_size
-        centre = frames[np.arange(episode.length), (v * size).astype(int), (u * size).astype(int)]
+        centre = frames[np.arange(episode.length), (v * episode.height).astype(int), (u * episode.width).astype(int)]
         greener = centre[:, 1] > centre[:, 0]
         cue_start = episode.grasp_start - synth.GRASP_CUE
         assert not greener[: max(cue_start, 0)].any()
@@ -237,3 +237,141 @@ def test_grasp_is_announced_in_the_image_and_not_in_the_state(episodes):
         hand = synth.STATE_COLUMNS["R_index_proximal_joint"]
         before = episode.state[: episode.grasp_start + 1, hand]
         np.testing.assert_allclose(before, before[0])  # the hand starts moving only after the grasp starts
+
+
+# --- Unitree G1 (`--embodiment g1`) ----------------------------------------------------------------
+
+G1 = load_embodiment("g1")
+G1_GOLDEN_STATS = GOLDEN.parents[1] / "isaaclab_arena_g1" / "golden_lerobot_g1" / "meta" / "stats.json"
+G1_SIZE = (48, 64)  # non-square, as the G1 head camera (480 x 640), at a tenth of its size
+G1_EXTRA = {f"{group}/{side}_eef_{kind}": width for group in ("obs", "action") for side in ("left", "right")
+            for kind, width in (("pos", 3), ("quat", 4))}
+G1_EXTRA.update({"action/base_height_cmd": 1, "action/navigate_cmd": 3, "action/torso_orientation_rpy_cmd": 3})
+
+
+@pytest.fixture(scope="module")
+def g1_episodes():
+    return [synth.make_g1_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], G1_SIZE)
+            for i in range(ARGS["episodes"])]
+
+
+def test_g1_schema_is_exact_and_holds_make_g1_episode(tmp_path, g1_episodes):
+    path = synth.write_synthetic(tmp_path / "g1.hdf5", episodes=2, min_frames=ARGS["min_frames"],
+                                 max_frames=ARGS["max_frames"], image_size="48x64", seed=ARGS["seed"],
+                                 progress=False, embodiment="g1")
+    with h5py.File(path, "r") as f:
+        assert json.loads(f["data"].attrs["env_args"]) == {"env_name": synth.G1_ENV_NAME, "type": 2}
+        for i in range(2):
+            demo, ep = f[f"data/demo_{i}"], g1_episodes[i]
+            t = int(demo.attrs["num_samples"])
+            expected = {"processed_actions": (43,), "obs/robot_joint_pos": (43,), "actions": (35,),
+                        "camera_obs/robot_head_cam_rgb": (48, 64, 3),
+                        **{key: (width,) for key, width in G1_EXTRA.items()}}
+            for key, shape in expected.items():
+                assert demo[key].shape == (t, *shape), key
+                assert demo[key].dtype == (np.uint8 if key.startswith("camera") else np.float32), key
+                assert demo[key].compression == "gzip", key
+            for group in ("obs", "action"):
+                for side in ("left", "right"):  # wxyz unit quaternions
+                    np.testing.assert_allclose(np.linalg.norm(demo[f"{group}/{side}_eef_quat"][()], axis=1), 1,
+                                               atol=1e-6)
+            np.testing.assert_array_equal(demo["obs/robot_joint_pos"][()], ep.state)
+            np.testing.assert_array_equal(demo["processed_actions"][()], ep.processed_actions)
+            np.testing.assert_array_equal(demo["action/navigate_cmd"][()], ep.action["navigate_cmd"])
+            np.testing.assert_array_equal(demo["camera_obs/robot_head_cam_rgb"][()], ep.render())
+    with MimicFile(path) as mimic:  # what `posttrain convert --embodiment g1` checks
+        assert len(mimic.check(cameras=[synth.G1_CAMERA], state_dims=43, action_dims=43, extra=G1_EXTRA)) == 2
+    assert synth.G1_CAMERA == "robot_head_cam_rgb" == next(iter(G1.cameras))
+
+
+def test_g1_default_camera_is_480_by_640(tmp_path):
+    path = synth.write_synthetic(tmp_path / "g1.hdf5", episodes=1, min_frames=3, max_frames=3, progress=False,
+                                 embodiment="g1")
+    with h5py.File(path, "r") as f:
+        assert f["data/demo_0/camera_obs/robot_head_cam_rgb"].shape == (3, 480, 640, 3)
+
+
+def test_g1_shows_the_gr1_task(episodes, g1_episodes):
+    """The same seed gives the same targets, jumps and grasp whatever the robot."""
+    for gr1, g1 in zip(episodes, g1_episodes):
+        np.testing.assert_array_equal(gr1.targets, g1.targets)
+        assert (gr1.jump_steps, gr1.grasp_start) == (g1.jump_steps, g1.grasp_start)
+
+
+def test_g1_target_is_visible_in_a_non_square_image_and_jumps_only_there(g1_episodes):
+    for ep in g1_episodes:
+        seen = target_from_image(ep.render())
+        assert np.abs(seen - ep.targets).max() < 0.05, "the image shows the current target"
+        state = G1.remap_state(ep.state)
+        for step in ep.jump_steps:
+            assert np.linalg.norm(seen[step] - seen[step - 1]) > 0.25
+            assert np.abs(state[step] - state[step - 1]).max() < 0.1
+
+
+def test_g1_vision_is_needed_to_predict_the_action_chunk(g1_episodes):
+    """The right arm 15 steps ahead: the target seen in the image must cut a linear model's error, as
+    for GR1 (the navigate command, a velocity bell after each target change, is not linear in either)."""
+    def fit_error(x, y):
+        x = np.c_[x, np.ones(len(x))]
+        weights, *_ = np.linalg.lstsq(x, y, rcond=None)
+        return float(((x @ weights - y) ** 2).mean())
+
+    right_arm = G1.group_slices()["right_arm"]
+    state_only, with_vision, future = [], [], []
+    for ep in g1_episodes:
+        rows = np.arange(ep.length - 15)
+        state = G1.remap_state(ep.state)[rows]
+        state_only.append(state)
+        with_vision.append(np.c_[state, target_from_image(ep.render())[rows]])
+        future.append(G1.remap_action(ep.processed_actions)[rows + 15, right_arm])
+    future = np.concatenate(future)
+    blind, seeing = fit_error(np.concatenate(state_only), future), fit_error(np.concatenate(with_vision), future)
+    assert seeing < 0.7 * blind, (seeing, blind)
+
+
+def test_g1_grasp_and_squat_are_announced_in_the_image_only(g1_episodes):
+    for ep in g1_episodes:
+        frames = ep.render().astype(np.float32)
+        u, v = ep.targets[:, 0], ep.targets[:, 1]
+        centre = frames[np.arange(ep.length), (v * ep.height).astype(int), (u * ep.width).astype(int)]
+        greener = centre[:, 1] > centre[:, 0]
+        assert not greener[: max(ep.grasp_start - synth.GRASP_CUE, 0)].any()
+        assert greener[ep.grasp_start:].all()
+        before = slice(0, ep.grasp_start + 1)
+        hand = synth.G1_COLUMNS["right_hand_index_0_joint"]
+        np.testing.assert_allclose(ep.state[before, hand], ep.state[0, hand])
+        np.testing.assert_array_equal(ep.action["base_height_cmd"][before], synth.G1_HEIGHT)
+        assert ep.action["base_height_cmd"][-1, 0] < synth.G1_HEIGHT - 0.07, "it squats to grasp"
+        knee = synth.G1_COLUMNS["left_knee_joint"]
+        assert ep.state[-1, knee] > ep.state[0, knee] + 0.3, "the legs follow"
+
+
+def test_g1_every_joint_and_command_moves_in_g1_ranges(g1_episodes):
+    golden = json.loads(G1_GOLDEN_STATS.read_text())
+    state = np.concatenate([G1.remap_state(ep.state) for ep in g1_episodes])
+    action = np.concatenate([G1.remap_action(ep.processed_actions) for ep in g1_episodes])
+    body = [i for i, name in enumerate(G1.joint_names) if "_hand_" not in name]  # the golden hands stay open
+    for values, key in ((state, "observation.state"), (action, "action")):
+        assert (values.std(axis=0) > 1e-3).all(), "every policy joint varies (min/max normalisation needs it)"
+        low, high = np.array(golden[key]["min"])[body], np.array(golden[key]["max"])[body]
+        assert (values[:, body].min(axis=0) >= low - 0.15).all() and (values[:, body].max(axis=0) <= high + 0.15).all()
+    for name in ("base_height_cmd", "navigate_cmd", "torso_orientation_rpy_cmd", "right_eef_pos"):
+        assert (np.concatenate([ep.action[name] for ep in g1_episodes]).std(axis=0) > 1e-3).all(), name
+    assert (np.concatenate([ep.obs["right_eef_pos"] for ep in g1_episodes]).std(axis=0) > 1e-3).all()
+
+
+def test_g1_columns_encode_their_index(g1_episodes):
+    for ep in g1_episodes:
+        np.testing.assert_allclose(ep.state[0], synth.G1_REST + 1e-3 * np.arange(43), atol=1e-6)
+        np.testing.assert_allclose(ep.processed_actions[0], synth.G1_REST + 1e-3 * np.arange(43), atol=1e-6)
+    rest = G1.remap_state(synth.G1_REST[None])
+    decoded = np.rint((G1.remap_state(g1_episodes[0].state[:1]) - rest) / synth.INDEX_OFFSET)[0]
+    assert decoded.tolist() == G1.state_indices.tolist() and sorted(decoded) == list(range(43))
+
+
+def test_g1_frames_survive_h264(tmp_path):
+    frames = synth.make_g1_episode(0, 0, 60, 60, (96, 128)).render()
+    encode_video(tmp_path / "ep.mp4", frames, fps=50)
+    decoded = read_frames(tmp_path / "ep.mp4")
+    assert decoded.shape == frames.shape
+    assert min(psnr(a, b) for a, b in zip(frames, decoded)) >= 36.0

@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import run_cli
 from safetensors.torch import load_file
+from test_recipe import default_recipe
 
 from posttrain.data import StepSampler, TrainingSamples, color_jitter, split_episodes
 from posttrain.errors import PosttrainError
@@ -270,7 +271,8 @@ def test_resume_after_kill_continues_the_same_run(dataset, reference_run, tmp_pa
     assert not (out / "DONE.json").exists(), "the run finished before it could be killed"
     kept = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert kept and kept[-1] < 24
-    # A checkpoint directory without trainer_state.json (incomplete) must be ignored.
+    # A checkpoint directory without trainer_state.json (not ours: we write through a temporary
+    # folder) is not resumed: it is set aside, not deleted.
     (out / "checkpoint-23").mkdir()
     (out / "checkpoint-23" / "model.safetensors").write_bytes(b"partial")
 
@@ -283,13 +285,15 @@ def test_resume_after_kill_continues_the_same_run(dataset, reference_run, tmp_pa
     assert list(got) == list(range(1, 25))
     np.testing.assert_allclose([got[s] for s in got], [expected[s] for s in got], rtol=1e-5)
     assert_same_weights(final, reference, atol=1e-5)
-    # --save-total-limit 2: only the two newest complete checkpoints remain (the incomplete one is left alone).
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-23", "checkpoint-24"]
+    # --save-total-limit 2: only the two newest complete checkpoints remain.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-24"]
+    assert (next(out.glob("superseded/*-unknown")) / "checkpoint-23" / "model.safetensors").read_bytes() == b"partial"
     assert not list(out.glob(".checkpoint-*"))
     assert sorted(p.name for p in reference_run.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-24"]
     files = {p.name for p in final.iterdir()}
     assert {"model.safetensors", "model_config.json", "stats.json", "modality.json", "split.json",
-            "train_config.json", "trainer_state.json", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
+            "train_config.json", "identity.json", "manifest.json", "trainer_state.json", "optimizer.bin",
+            "scheduler.bin", "random_states_0.pkl"} <= files
     assert list((out / "tensorboard").iterdir())
 
 
@@ -303,15 +307,17 @@ def test_rerun_of_a_finished_run_only_rewrites_done(dataset, reference_run, tmp_
     assert json.loads((out / "DONE.json").read_text())["step"] == 24
     assert (out / "checkpoint-24" / "model.safetensors").read_bytes() == before
 
-    # Other run-defining options (here the learning rate and steps): the old checkpoints are not resumed.
+    # Other run-defining options (here the learning rate and steps): the old checkpoints are not
+    # resumed; they are set aside, with the reason.
     changed = [a for a in SMALL_RUN]
     changed[changed.index("--learning-rate") + 1] = "5e-4"
     changed[changed.index("--max-steps") + 1] = "6"
     result = train(dataset, out, *changed, "--dataloader-num-workers", "0")
-    assert "checkpoint-24 was made with other options (learning_rate: 0.001 -> 0.0005; max_steps: 24 -> 6)" \
-        in result.stderr and "resumed from" not in result.stderr
+    assert "set aside checkpoint-18, checkpoint-24, tensorboard, DONE.json (another run: learning_rate: 0.001 -> " \
+           "0.0005; max_steps: 24 -> 6)" in result.stderr and "resumed from" not in result.stderr
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
     assert [e["step"] for e in trainer_state(out / "checkpoint-6")["log_history"]] == list(range(1, 7))
+    assert (next(out.glob("superseded/*")) / "checkpoint-24" / "model.safetensors").read_bytes() == before
 
 
 # --- it learns, and it looks ---------------------------------------------------------------------
@@ -343,15 +349,14 @@ def open_loop_errors(checkpoint: Path, dataset: Path, stride: int = 4) -> dict[s
 
 @pytest.mark.slow
 def test_tiny_policy_learns_and_uses_vision(dataset, tmp_path):
-    """The default workflow training (config/config.yaml train: values) on the default synthetic set:
-    the policy beats both baselines by 2x on held-out episodes, and blank images make it clearly worse."""
+    """The default workflow training (config/config.yaml train: values, its length included: the
+    min_steps floor, 800 steps = 26 epochs here) on the default synthetic set: the policy beats both
+    baselines by 2x on held-out episodes, and blank images make it clearly worse."""
     out = tmp_path / "run"
-    result = subprocess.run(train_command(dataset, out, "--preset", "tiny", "--global-batch-size", "32",
-                                          "--max-steps", "800", "--save-steps", "400", "--learning-rate", "1e-3",
-                                          "--state-dropout-prob", "0.5", *JITTER),
+    result = subprocess.run(train_command(dataset, out, *default_recipe(), "--save-steps", "400"),
                             env={**ENV, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    errors = open_loop_errors(out / "checkpoint-800", dataset)
+    errors = open_loop_errors(out / json.loads((out / "DONE.json").read_text())["final_checkpoint"], dataset)
     print(json.dumps(errors))
     assert errors["policy"] <= 0.5 * errors["mean_action"], errors
     assert errors["policy"] <= 0.5 * errors["hold_state"], errors

@@ -8,6 +8,7 @@ stage code, and edits made meanwhile in the checkout don't change the plan under
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,6 +83,7 @@ def done_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     result = smk(workdir, "-c2")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (workdir / "snakemake.stderr").write_text(result.stderr)
     return workdir
 
 
@@ -92,8 +94,13 @@ def test_full_run_writes_every_stage(done_run):
                  "report/dataset.html", "report/tiny/eval_metrics.html"]:
         assert (ds / path).exists(), path
     assert not (ds / "convert_shards").exists() or not any((ds / "convert_shards").iterdir())  # temp()
-    assert (done_run / "logs" / "train" / "tiny" / "tiny.log").is_file()
+    log = (done_run / "logs" / "train" / "tiny" / "tiny.log").read_text()
+    assert log.startswith("=== train attempt ") and log.count("=== train attempt ") == 1
     assert (done_run / "benchmarks" / "convert_shard" / "tiny" / "1.tsv").is_file()
+    # the run ends by saying whether the policy beats the baselines (20 steps: it may well not)
+    verdict = json.loads((ds / "eval" / "tiny" / "metrics.json").read_text())["verdict"]
+    assert f"eval verdict (results/tiny/eval/tiny/metrics.json): {verdict['summary']}" in (
+        done_run / "snakemake.stderr").read_text()
 
 
 def test_untouched_plans_nothing(done_run):
@@ -134,6 +141,7 @@ def write_profile(folder: Path, gpus: int, launcher: str) -> Path:
     folder.mkdir()
     (folder / "profile.yaml").write_text(yaml.safe_dump({
         "configfile": [str(p) for p in CONFIGS],  # the same training preset for both
+        "config": {"hardware": "cpu"},  # GPUs for train, but the tiny preset (else: refused)
         "cores": 2,
         "resources": {"gpu": gpus},
         "set-resources": {"train": {"gpu": gpus, "launcher": launcher}},
@@ -154,10 +162,10 @@ def test_switching_profiles_with_the_same_preset_plans_nothing(done_run, tmp_pat
     assert "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli train" in result.stdout
 
 
-def plan_after_edit(run_dir: Path, source: Path) -> dict[str, int]:
-    """The dry-run plan while `source` carries a harmless edit (restored afterwards)."""
+def plan_after_edit(run_dir: Path, source: Path, edit: str = "\nEDITED_BY_TEST = 1\n") -> dict[str, int]:
+    """The dry-run plan while `source` carries an edit (restored afterwards)."""
     original = source.read_text()
-    source.write_text(original + "\n# an edit\n")
+    source.write_text(original + edit)
     try:
         return planned(smk(run_dir, "-n"))
     finally:
@@ -172,6 +180,7 @@ def test_code_change_reruns_that_stage_onward(done_run, checkout):
     assert set(plan_after_edit(done_run, package / "train.py")) == {"train", "eval", "report_training",
                                                                     "report_metrics"}
     assert planned(smk(done_run, "-n")) == {}  # restored: the hash is of the content, not the mtime
+    assert plan_after_edit(done_run, package / "files.py", "\n# a comment\n") == {}  # syntax trees only
 
 
 def test_gpu_profile_without_gpus_fails_before_training(done_run, tmp_path):
@@ -194,7 +203,9 @@ def test_gpu_profile_without_gpus_fails_before_training(done_run, tmp_path):
         result.stdout + result.stderr), result.stdout + result.stderr
     run_dir = workdir / "results" / "tiny" / "train" / "tiny"
     log = (workdir / "logs" / "train" / "tiny" / "tiny.log").read_text()
-    assert "posttrain.train" not in log  # the trainer never started
+    first, failed = log.split("=== train attempt ")[1:]  # appended: one dated section per attempt
+    assert "posttrain.train" in first  # the first run's history is kept
+    assert "posttrain.train" not in failed and "error: train asks for 2 GPU(s)" in failed  # never started
     assert (run_dir / "checkpoint-20").is_dir()  # undeclared checkpoints survive a failed job
 
 
@@ -225,3 +236,106 @@ def test_another_source_merges_cleanly_over_the_default(tmp_path):
     result = smk(tmp_path / "work", "-n", configfiles=files)
     assert result.returncode != 0
     assert "unknown key dataset.source.pth (allowed here: kind, path)" in result.stdout + result.stderr
+
+
+def test_nested_command_line_value_is_accepted(tmp_path):
+    """Snakemake reads `--config train='{max_steps: 100}'` as the string '100': typed by the schema."""
+    result = smk(tmp_path, "-n", "-p", "--config", "train={max_steps: 100, learning_rate: 1.0e-4}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    command = next(line for line in result.stdout.splitlines() if " train --dataset " in line)
+    assert "--max-steps 100 " in command and "--learning-rate 0.0001 " in command
+    assert "--global-batch-size 4 " in command  # the rest of train: still the tiny overlay's (merged)
+
+
+def test_invalid_yaml_is_one_line_naming_file_and_line(tmp_path):
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    shutil.copy(CHECKOUT / "Snakefile", copy / "Snakefile")
+    for folder in ("rules", "scripts", "config"):
+        shutil.copytree(CHECKOUT / folder, copy / folder)
+    default = copy / "config" / "config.yaml"
+    lines = default.read_text().splitlines()
+    default.write_text("\n".join(lines) + "\ntrain:\n  max_steps: 100\n   lr: [1\n")
+    (tmp_path / "work").mkdir()  # (else Snakemake says that it creates it)
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(copy / "Snakefile"), *ISOLATED,
+                             "--directory", str(tmp_path / "work"), "-n"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    out = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(out) == 1, out
+    assert out[0].startswith(f"error: {default}: line {len(lines) + 3}, column ") and "not valid YAML" in out[0]
+
+
+def test_another_dataset_name_is_not_built(tmp_path):
+    """The {ds} and {run} wildcards match only the configured names."""
+    for target in ("results/other/lerobot/meta/stats.json", "results/tiny/train/other/DONE.json"):
+        result = smk(tmp_path, "-n", target)
+        assert result.returncode != 0, target
+        assert "MissingRuleException" in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+    assert "stats" in planned(smk(tmp_path, "-n", "results/tiny/lerobot/meta/stats.json"))
+
+
+def test_embodiment_outside_the_checkout(tmp_path):
+    robot = tmp_path / "robots" / "my_robot"
+    shutil.copytree(CHECKOUT / "config" / "embodiments" / "gr1", robot)
+    files = overlay(tmp_path / "robot.yaml", f"convert: {{embodiment: {robot}}}\n")
+    assert planned(smk(tmp_path / "work", "-n", configfiles=files))["convert_shard"] == 2
+
+
+# --- a user's HDF5 source: its content counts, not its mtime -------------------------------------
+VERIFIED = "results/tiny/verify/report.json"
+CONVERSION_ONWARD = {"convert_shard": 2, "convert_gather": 1, "stats": 1, "verify": 1}
+
+
+def make_hdf5(path: Path, seed: int) -> Path:
+    subprocess.run([sys.executable, "-m", "posttrain.cli", "synth", str(path), "--episodes", "4", "--min-frames",
+                    "24", "--max-frames", "32", "--image-size", "32", "--seed", str(seed)], check=True,
+                   capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hdf5_run(tmp_path_factory) -> tuple[Path, list[Path], Path]:
+    """Conversion, stats and verify run for real on a user's HDF5, with an embodiment directory
+    given relative to the working directory (the converter resolves it there)."""
+    workdir = tmp_path_factory.mktemp("hdf5_source")
+    source = make_hdf5(workdir / "demos.hdf5", seed=1)
+    shutil.copytree(CHECKOUT / "config" / "embodiments" / "gr1", workdir / "robots" / "gr1")
+    files = overlay(workdir / "source.yaml", f"dataset: {{source: {{kind: hdf5, path: {source}}}}}\n"
+                                             "convert: {embodiment: robots/gr1}\n")
+    result = smk(workdir, "-c2", VERIFIED, configfiles=files)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == {}
+    return workdir, files, source
+
+
+def test_touched_or_copied_source_hdf5_plans_nothing(hdf5_run):
+    workdir, files, source = hdf5_run
+    later = source.stat().st_mtime_ns + 60 * 10**9
+    os.utime(source, ns=(later, later))  # touch
+    assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == {}
+    copy = workdir / "copy.hdf5"
+    shutil.copyfile(source, copy)
+    shutil.copyfile(copy, source)  # a copy back (rsync, cp): same content, new mtime
+    assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == {}
+
+
+def test_changed_source_hdf5_reruns_conversion_onward(hdf5_run):
+    workdir, files, source = hdf5_run
+    original = source.read_bytes()
+    make_hdf5(source, seed=2)
+    try:
+        assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == CONVERSION_ONWARD
+    finally:
+        source.write_bytes(original)
+    assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == {}  # the content is back
+
+
+def test_edit_in_a_relative_embodiment_reruns_conversion_onward(hdf5_run):
+    workdir, files, _ = hdf5_run
+    licence = workdir / "robots" / "gr1" / "LICENSE-IsaacLab-Arena.md"
+    original = licence.read_text()
+    licence.write_text(original + "\nedited\n")
+    try:
+        assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == CONVERSION_ONWARD
+    finally:
+        licence.write_text(original)

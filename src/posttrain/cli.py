@@ -7,8 +7,12 @@ stage is imported, so `posttrain synth` does not pay for importing torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import shutil
 import sys
+from pathlib import Path
 
 from posttrain.errors import PosttrainError
 
@@ -17,10 +21,12 @@ STAGES = {
     "convert": ("posttrain.convert", "convert Mimic HDF5 to a LeRobot v2.1 dataset"),
     "stats": ("posttrain.stats", "write GR00T-compatible meta/stats.json (+ episodes_stats.jsonl)"),
     "verify": ("posttrain.verify", "check a converted dataset against its source HDF5"),
+    "frames": ("posttrain.frames", "decode every video frame once at the policy's image size, for training"),
     "train": ("posttrain.train", "post-train a policy (native flow-matching policy or Isaac-GR00T)"),
     "eval": ("posttrain.eval", "open-loop evaluation of a checkpoint on held-out episodes"),
     "report": ("posttrain.report", "render report pages (training curves, episode video)"),
     "hub": ("posttrain.hub", "download from / upload to the Hugging Face Hub"),
+    "export": ("posttrain.export", "write a LeRobot v3.0 copy of a dataset (lerobot >= 0.4), GR00T meta kept"),
 }
 
 
@@ -37,6 +43,34 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+# Faults of the machine, not of the code or the input: reported in one line, without a traceback.
+ENVIRONMENT_ERRORS = {
+    errno.EROFS: "read-only file system: write the output to a writable disk",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error (a failing disk or network mount?)",
+    errno.EMFILE: "too many open files (raise `ulimit -n`)",
+    errno.ENFILE: "too many open files on this machine",
+    errno.ENOMEM: "out of memory",
+}
+
+
+def environment_error(err: OSError) -> str | None:
+    """The one line for an OSError the machine caused, or None for any other error (a bug: traceback)."""
+    if err.errno not in ENVIRONMENT_ERRORS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    line = f"{where}{ENVIRONMENT_ERRORS[err.errno]}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+        existing = Path(os.path.abspath(err.filename))
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        line += f" ({shutil.disk_usage(existing).free / 2**20:.0f} MB free there)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, modules = build_parser(argv)
@@ -45,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         result = modules[args.stage].run(args)
     except PosttrainError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        line = environment_error(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,11 @@ Three modes, so that a workflow can spread the encoding over jobs:
 
 `--config ARENA_YAML` reads IsaacLab-Arena's converter YAML unchanged (see `arena_settings`).
 
+Columns beyond state and action are the embodiment's (config/embodiments/<name>/embodiment.yaml,
+e.g. G1's eef poses and teleop commands): each the concatenation of HDF5 datasets it names, rows
+[:-1], after `timestamp`; an Arena YAML's `*_eef_*_name_sim` / `teleop_*_name_sim` keys rename
+those datasets. Cameras, the annotation column and robot_type not given default to the embodiment's.
+
 What we do differently from Arena's reference converter (shared/docs/mimic_hdf5_and_arena_converter.md §5):
 episodes follow the demo NUMBER (demo_9 before demo_10); the whole file is validated before any
 output is written; every MP4 is checked (frame count == rows); `total_chunks`/`splits` are true;
@@ -19,29 +24,43 @@ nothing but a hidden temp dir that the next run removes, and the same input give
 
 Memory: each worker streams one episode's camera frames from HDF5 to the encoder in batches,
 so the peak memory does not grow with the episode count or length.
+
+Failed demos (attr `success` False) are left out by default (`--failed-demos skip`): Mimic's
+generated files hold successful demos only, so a failed one is usually a mistake; meta/source.json
+lists what was skipped. `include` converts them, `error` refuses the file.
+
+Faults: `--output` may only replace a directory a conversion wrote (files.check_output), one run at
+a time (a lock beside it); encoder workers die with this process (Linux parent-death signal);
+a worker killed (e.g. by the OOM killer) and a full disk end in one line naming the episode / the
+space needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import ctypes
+import errno
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
 from posttrain import lerobot
-from posttrain.embodiment import EMBODIMENTS_DIR, Embodiment, load_embodiment
+from posttrain.embodiment import DESCRIPTION_YAML, EMBODIMENTS_DIR, Embodiment, load_embodiment
 from posttrain.errors import PosttrainError
-from posttrain.files import atomic_directory, write_json_atomic, write_text_atomic
+from posttrain.files import atomic_directory, check_output, write_json_atomic, write_text_atomic
 from posttrain.mimic import MimicFile
-from posttrain.video import VideoSettings, VideoWriter, probe
+from posttrain.video import VideoSettings, VideoWriter, check_video_settings, probe
 
 log = logging.getLogger("posttrain.convert")
 
@@ -60,7 +79,9 @@ DEFAULTS = {  # the values of config/config.yaml `convert:`; CLI flags and the A
     "crf": 18,
     "gop": 50,
     "preset": "veryfast",
+    "failed_demos": "skip",
 }
+FAILED_DEMOS = ("skip", "include", "error")
 
 
 @dataclass(frozen=True)
@@ -73,13 +94,22 @@ class Settings:
     drop_frame: str
     state_key: str
     action_key: str
-    cameras: dict[str, str]            # camera_obs/<name> -> video key
+    cameras: dict[str, str] | None     # camera_obs/<name> -> video key (None: the embodiment's default)
     chunks_size: int
     video: VideoSettings
-    annotation_key: str = lerobot.DEFAULT_ANNOTATION
-    robot_type: str | None = None      # None: the embodiment's name
+    annotation_key: str | None = None  # None: the one the embodiment's modality.json names
+    robot_type: str | None = None      # None: the embodiment's robot_type (else its name)
     image_size: tuple[int, int, int] | None = None  # Arena `original_image_size`: (H, W, C) every camera must have
+    failed_demos: str = "skip"         # demos with attr success=False: skip, include or error
     workers: int = 1
+    arena_names: dict[str, str] = field(default_factory=dict)  # Arena YAML *_name_sim key -> HDF5 dataset name
+    config: Path | None = None         # the Arena YAML, named in errors about it
+
+    def with_embodiment(self, embodiment: Embodiment) -> Settings:
+        """Settings left unset take the embodiment's values: cameras, annotation column, robot_type."""
+        return replace(self, cameras=self.cameras or dict(embodiment.cameras or DEFAULT_CAMERAS),
+                       annotation_key=self.annotation_key or embodiment.annotation_key or lerobot.DEFAULT_ANNOTATION,
+                       robot_type=self.robot_type or embodiment.robot_type or embodiment.name)
 
     def source_fields(self, embodiment: Embodiment) -> dict:
         """The conversion settings recorded in meta/source.json (and compared between shards)."""
@@ -87,6 +117,10 @@ class Settings:
             "hdf5": self.input.name, "embodiment": embodiment.name, "drop_frame": self.drop_frame,
             "state_key": self.state_key, "action_key": self.action_key, "cameras": dict(self.cameras),
             "fps": self.fps, "language_instruction": self.language_instruction, "task_index": self.task_index,
+            "failed_demos": self.failed_demos,
+            # the embodiment's extra columns and the HDF5 datasets they read (none for GR1)
+            **({"columns": {c.name: [p.key for p in c.parts] for c in embodiment.columns}}
+               if embodiment.columns else {}),
         }
 
     def output_fields(self) -> dict:
@@ -122,6 +156,7 @@ class Plan:
     settings: Settings
     embodiment: Embodiment
     episodes: list[Episode] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # failed demos left out
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -144,12 +179,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-key", help="dataset inside each demo group (default obs/robot_joint_pos)")
     parser.add_argument("--action-key", help="dataset inside each demo group (default processed_actions)")
     parser.add_argument("--camera", action="append", metavar="NAME=VIDEO_KEY",
-                        help="camera_obs/NAME -> video key (repeatable; default "
-                             "robot_pov_cam_rgb=observation.images.ego_view)")
+                        help="camera_obs/NAME -> video key (repeatable; default: the embodiment's, gr1 "
+                             "robot_pov_cam_rgb=observation.images.ego_view, g1 robot_head_cam_rgb=...)")
     parser.add_argument("--chunks-size", type=int)
     parser.add_argument("--crf", type=int)
     parser.add_argument("--gop", type=int)
-    parser.add_argument("--preset")
+    parser.add_argument("--preset", help="libx264 preset (ultrafast ... placebo; default veryfast)")
+    parser.add_argument("--failed-demos", choices=FAILED_DEMOS,
+                        help="demos with attr success=False: skip (default; listed in meta/source.json), "
+                             "include, or error")
     parser.add_argument("--workers", type=int, help="encoder processes (default: all cores)")
 
 
@@ -162,10 +200,13 @@ def run(args: argparse.Namespace) -> int:
     if output is None:
         raise PosttrainError("convert: --output is required (or --config with data_root/hdf5_name)")
 
+    sharded = args.shard is not None or args.num_shards is not None
+    check_output(output, "convert-shard" if sharded and not args.gather else "dataset",
+                 inputs=[settings.input, *(args.gather or [])])  # before any work; again when writing
     plan = validate_input(settings, embodiment_spec)  # raises before any output exists
     if args.gather:
         gather(plan, args.gather, output)
-    elif args.shard is not None or args.num_shards is not None:
+    elif sharded:
         shard, num_shards = args.shard, args.num_shards
         if shard is None or num_shards is None or num_shards < 1 or not 0 <= shard < num_shards:
             raise PosttrainError(f"convert: need 0 <= --shard < --num-shards, got {shard} and {num_shards}")
@@ -177,14 +218,15 @@ def run(args: argparse.Namespace) -> int:
 
 def resolve_settings(args) -> tuple[Settings, str | Path | dict, Path | None]:
     """Defaults <- Arena YAML <- command-line flags. Returns settings, embodiment spec, output dir."""
-    values = dict(DEFAULTS, cameras=dict(DEFAULT_CAMERAS), input=None, output=None,
-                  annotation_key=lerobot.DEFAULT_ANNOTATION, robot_type=None, image_size=None)
+    values = dict(DEFAULTS, cameras=None, input=None, output=None, annotation_key=None, robot_type=None,
+                  image_size=None, arena_names={})
     if args.config is not None:
         values.update(arena_settings(args.config))
     flags = {"input": args.input, "output": args.output, "embodiment": args.embodiment,
              "language_instruction": args.language_instruction, "task_index": args.task_index, "fps": args.fps,
              "drop_frame": args.drop_frame, "state_key": args.state_key, "action_key": args.action_key,
-             "chunks_size": args.chunks_size, "crf": args.crf, "gop": args.gop, "preset": args.preset}
+             "chunks_size": args.chunks_size, "crf": args.crf, "gop": args.gop, "preset": args.preset,
+             "failed_demos": args.failed_demos}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.camera:
         values["cameras"] = parse_cameras(args.camera)
@@ -194,14 +236,16 @@ def resolve_settings(args) -> tuple[Settings, str | Path | dict, Path | None]:
         if values[key] < 1:
             raise PosttrainError(f"convert: --{key.replace('_', '-')} must be >= 1, got {values[key]}")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    video = VideoSettings(crf=values["crf"], gop=values["gop"], preset=values["preset"], threads=1)
+    check_video_settings(video, "convert: ")  # before any work: ffmpeg would only fail in the first worker
     settings = Settings(
         input=Path(values["input"]), language_instruction=values["language_instruction"],
         task_index=values["task_index"], fps=values["fps"], drop_frame=values["drop_frame"],
         state_key=values["state_key"], action_key=values["action_key"], cameras=values["cameras"],
         chunks_size=values["chunks_size"],
-        video=VideoSettings(crf=values["crf"], gop=values["gop"], preset=values["preset"], threads=1),
-        annotation_key=values["annotation_key"], robot_type=values["robot_type"], image_size=values["image_size"],
-        workers=max(1, workers))
+        video=video, annotation_key=values["annotation_key"], robot_type=values["robot_type"],
+        image_size=values["image_size"], failed_demos=values["failed_demos"], workers=max(1, workers),
+        arena_names=values["arena_names"], config=args.config)
     output = values["output"]
     if output is None and args.config is not None:  # Arena's default: beside the HDF5
         output = settings.input.parent / settings.input.stem / "lerobot"
@@ -245,6 +289,8 @@ ARENA_FIXED = {  # key -> the only value we write (our output layout is fixed by
     "data_path": lerobot.DATA_PATH, "video_path": lerobot.VIDEO_PATH, "modality_fname": "modality.json",
     "episodes_fname": "episodes.jsonl", "tasks_fname": "tasks.jsonl",
 }
+# The G1 keys name HDF5 datasets of an embodiment's extra columns (config/embodiments/g1/embodiment.yaml,
+# `arena:`); a key no column reads is an error (Embodiment.with_arena_names).
 ARENA_G1_KEYS = ("left_eef_pos_name_sim", "left_eef_quat_name_sim", "right_eef_pos_name_sim",
                  "right_eef_quat_name_sim", "teleop_base_height_command_name_sim",
                  "teleop_navigate_command_name_sim", "teleop_torso_orientation_rpy_command_name_sim")
@@ -276,12 +322,9 @@ def arena_settings(path: Path) -> dict:
     for key, value in ARENA_FIXED.items():
         if key in doc and doc[key] != value:
             raise PosttrainError(f"{path}: {key}: {doc[key]!r} is not supported, only {value!r}")
-    for key in ARENA_G1_KEYS:
-        if doc.get(key) is not None:
-            raise PosttrainError(f"{path}: {key}: G1 eef/teleop columns are not supported (GR1 joints only)")
+    values: dict = {"arena_names": {key: str(doc[key]) for key in ARENA_G1_KEYS if doc.get(key) is not None}}
 
     base = Path(path).resolve().parent
-    values: dict = {}
     if doc.get("hdf5_path") is not None:
         values["input"] = resolve_path(base, doc["hdf5_path"])
     elif doc.get("hdf5_name") is not None:
@@ -316,6 +359,7 @@ def arena_settings(path: Path) -> dict:
         if doc.get(key) is None:
             raise PosttrainError(f"{path}: {key} is required (Arena's default points to a folder that no longer exists)")
         files[argument] = resolve_embodiment_file(path, base, key, doc[key])
+    files["description_yaml"] = description_beside(files["policy_yaml"])
     values["embodiment"] = files
     return values
 
@@ -357,6 +401,15 @@ def resolve_embodiment_file(path: Path, base: Path, key: str, value) -> Path:
     raise PosttrainError(f"{path}: {key}: {value} not found (relative to {base} or the current directory)")
 
 
+def description_beside(policy_yaml: Path) -> Path | None:
+    """Our embodiment.yaml (extra columns, ...) beside the policy joint map, else in the bundled
+    embodiment of the same folder name (Arena's own folders have none), else None."""
+    for folder in (policy_yaml.parent, EMBODIMENTS_DIR / policy_yaml.parent.name):
+        if (folder / DESCRIPTION_YAML).is_file():
+            return folder / DESCRIPTION_YAML
+    return None
+
+
 def load_embodiment_spec(spec) -> Embodiment:
     if isinstance(spec, dict):
         return Embodiment.from_files(**spec)
@@ -367,7 +420,9 @@ def load_embodiment_spec(spec) -> Embodiment:
 
 def validate_input(settings: Settings, embodiment_spec) -> Plan:
     """Check the whole HDF5 and compute every episode's length and global offset, writing nothing."""
-    embodiment = load_embodiment_spec(embodiment_spec)
+    embodiment = load_embodiment_spec(embodiment_spec).with_arena_names(
+        settings.arena_names, str(settings.config or "convert"))
+    settings = settings.with_embodiment(embodiment)
     name = settings.input.name
     if settings.drop_frame not in ("first", "last"):
         raise PosttrainError(f"convert: --drop-frame must be first or last, got {settings.drop_frame!r}")
@@ -379,8 +434,10 @@ def validate_input(settings: Settings, embodiment_spec) -> Plan:
 
     plan = Plan(settings, embodiment)
     with MimicFile(settings.input) as mimic:
+        demos, plan.skipped = select_demos(mimic, settings.failed_demos)
         lengths = mimic.check(settings.state_key, settings.action_key, list(settings.cameras),
-                              embodiment.sim_state_dims, embodiment.sim_action_dims)  # numeric demo order
+                              embodiment.sim_state_dims, embodiment.sim_action_dims, demos=demos,  # numeric order
+                              extra={p.key: p.width for c in embodiment.columns for p in c.parts})
         if not lengths:
             raise PosttrainError(f"{name}: data: no demos")
         offset = 0
@@ -401,6 +458,27 @@ def validate_input(settings: Settings, embodiment_spec) -> Plan:
     return plan
 
 
+def select_demos(mimic: MimicFile, policy: str) -> tuple[list[str], list[str]]:
+    """(demos to convert, failed demos skipped) under --failed-demos skip | include | error."""
+    if policy not in FAILED_DEMOS:
+        raise PosttrainError(f"convert: --failed-demos must be one of {', '.join(FAILED_DEMOS)}, got {policy!r}")
+    demos = mimic.demos
+    failed = [demo for demo in demos if mimic.success(demo) is False]
+    if not failed or policy == "include":
+        return demos, []
+    listed = ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
+    if policy == "error":
+        raise PosttrainError(f"{mimic.name}: data/{failed[0]}: attr success=False ({len(failed)} failed demo(s): "
+                             f"{listed}); convert.failed_demos (--failed-demos) skip leaves them out, include "
+                             "converts them")
+    if len(failed) == len(demos):
+        raise PosttrainError(f"{mimic.name}: data: all {len(demos)} demos have success=False, nothing to convert "
+                             "(convert.failed_demos: include, or --failed-demos include, converts them anyway)")
+    log.warning("%s: skipping %d failed demo(s) (attr success=False): %s (convert.failed_demos: skip; "
+                "listed in meta/source.json)", mimic.name, len(failed), listed)
+    return [demo for demo in demos if demo not in failed], failed
+
+
 def check_camera_shape(name: str, demo: str, camera: str, shape: tuple, settings: Settings) -> None:
     """`shape` is (H, W, 3); MimicFile.check has already required even sizes and uint8."""
     if settings.image_size is not None and shape != tuple(settings.image_size):
@@ -411,16 +489,20 @@ def check_camera_shape(name: str, demo: str, camera: str, shape: tuple, settings
 # --- conversion -----------------------------------------------------------------------------
 
 def convert_whole(plan: Plan, output: Path) -> None:
-    with atomic_directory(output) as root:
-        results = encode_episodes(plan, plan.episodes, root)
-        write_meta(root, plan, [results[e.episode_index] for e in plan.episodes])
+    with atomic_directory(output, "dataset", inputs=[plan.settings.input]) as root:
+        results: dict[int, dict] = {}
+        with disk_full_report(plan.episodes, results, root, output):
+            encode_episodes(plan, plan.episodes, root, results)
+            write_meta(root, plan, [results[e.episode_index] for e in plan.episodes])
     log.info("wrote %s (%d episodes)", output, len(plan.episodes))
 
 
 def convert_shard(plan: Plan, shard: int, num_shards: int, output: Path) -> None:
     episodes = plan.episodes[shard::num_shards]
-    with atomic_directory(output) as root:
-        results = encode_episodes(plan, episodes, root)
+    with atomic_directory(output, "convert-shard", inputs=[plan.settings.input]) as root:
+        results: dict[int, dict] = {}
+        with disk_full_report(episodes, results, root, output):
+            encode_episodes(plan, episodes, root, results)
         write_json_atomic(root / SHARD_FILE, {
             "shard": shard, "num_shards": num_shards,
             "settings": dict(plan.settings.source_fields(plan.embodiment), **plan.settings.output_fields()),
@@ -429,31 +511,121 @@ def convert_shard(plan: Plan, shard: int, num_shards: int, output: Path) -> None
     log.info("wrote shard %d/%d to %s (%d episodes)", shard, num_shards, output, len(episodes))
 
 
-def encode_episodes(plan: Plan, episodes: list[Episode], root: Path) -> dict[int, dict]:
-    """Write each episode's parquet and videos under `root`; return its info.json features by index."""
+def encode_episodes(plan: Plan, episodes: list[Episode], root: Path, results: dict[int, dict]) -> None:
+    """Write each episode's parquet and videos under `root`; its info.json features go to `results`."""
     jobs = [EpisodeJob(plan.settings, plan.embodiment, episode, root) for episode in episodes]
     workers = min(plan.settings.workers, len(jobs))
-    results = {}
     with tqdm(total=len(jobs), desc="convert", unit="episode") as progress:
         if workers <= 1:
             for job in jobs:
                 results[job.episode.episode_index] = convert_episode(job)
                 progress.update()
-            return results
+            return
         # fork: workers start at once, without re-importing numpy/h5py/pyarrow (no HDF5 file is open here)
         context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        running = context.Array("i", max(e.episode_index for e in episodes) + 1, lock=False)  # episode -> pid
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                    initargs=(running, os.getpid())) as pool:
             # longest first, so no long episode starts last while the other workers sit idle
             by_length = sorted(jobs, key=lambda job: -job.episode.length)
-            futures = {pool.submit(convert_episode, job): job for job in by_length}
+            futures = {pool.submit(_convert_in_worker, job): job for job in by_length}
             try:
                 for future in concurrent.futures.as_completed(futures):
                     results[futures[future].episode.episode_index] = future.result()
                     progress.update()
+            except concurrent.futures.process.BrokenProcessPool:
+                # The executor's own process table (private; best effort): after shutdown has
+                # reaped every worker it tells the killed one from those the executor stopped.
+                processes = getattr(pool, "_processes", None) or {}
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise worker_died(processes, running, jobs, results) from None
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    return results
+
+
+# --- worker processes -----------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_running = None  # in a worker: the shared episode_index -> pid array of encode_episodes
+
+
+def _init_worker(running, parent: int) -> None:
+    global _running
+    _running = running
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the convert process dies, even by kill -9 (Linux), so
+    no encoder is orphaned. Its ffmpeg then reads end-of-input and exits as well."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return
+    prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _convert_in_worker(job: EpisodeJob) -> dict:
+    _running[job.episode.episode_index] = os.getpid()  # so that the parent can name the episode if we die
+    return convert_episode(job)
+
+
+def worker_died(processes: dict, running, jobs: list[EpisodeJob], results: dict) -> PosttrainError:
+    """One line for a worker that vanished (usually the OOM killer): which episode it was converting.
+    `processes` (pid -> Process) tells the killed worker from those the executor stopped with
+    SIGTERM afterwards; without it every unfinished episode is named."""
+    codes = {pid: process.exitcode for pid, process in processes.items()}
+    unfinished = [j.episode for j in jobs if running[j.episode.episode_index]
+                  and j.episode.episode_index not in results]
+    dead = [e for e in unfinished if codes.get(running[e.episode_index]) not in (None, -signal.SIGTERM)]
+    named = dead or unfinished
+    code = codes.get(running[named[0].episode_index]) if named else None
+    if code is not None and code < 0 and -code in signal.valid_signals():
+        how = f"killed by {signal.Signals(-code).name}"
+    else:
+        how = f"exit code {code}" if code is not None else "it vanished"
+    what = " and ".join(f"episode {e.episode_index} ({e.demo})" for e in named) or "an episode"
+    return PosttrainError(f"convert: an encoder worker died ({how}) while converting {what}: memory may be short "
+                          "(the kernel's OOM killer sends SIGKILL); rerun with fewer --workers or more memory")
+
+
+# --- disk space -----------------------------------------------------------------------------
+
+FULL_MARGIN = 1 << 20  # bytes: a write failure with less than this free is taken as a full disk
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@contextlib.contextmanager
+def disk_full_report(episodes: list[Episode], results: dict, root: Path, output: Path):
+    """Turn a full disk (ENOSPC, a quota, or an ffmpeg that could not finish its file) into one line
+    naming the output, the space that was free and about how much the output needs."""
+    free = shutil.disk_usage(root).free
+    try:
+        yield
+    except (OSError, PosttrainError) as err:
+        code = getattr(err, "errno", None)
+        if code not in (errno.ENOSPC, errno.EDQUOT) and shutil.disk_usage(root).free >= FULL_MARGIN:
+            raise
+        written, total = _size(root), sum(e.length for e in episodes)
+        done = sum(e.length for e in episodes if e.episode_index in results)
+        need = (f"about {_human(written * total / done)}" if done else f"more than {_human(written)}")
+        raise PosttrainError(f"{output}: no space left on the device: {_human(free)} was free there, the "
+                             f"output needs {need} ({len(results)} of {len(episodes)} episodes written); "
+                             "free some space or choose another --output") from None
 
 
 def episode_relpaths(settings: Settings, episode_index: int) -> tuple[str, dict[str, str]]:
@@ -478,7 +650,8 @@ def convert_episode(job: EpisodeJob) -> dict:
         state, action = mimic.read_state_action(episode.demo, settings.state_key, settings.action_key)
         table = lerobot.episode_columns(
             embodiment.remap_state(state[:-1]), embodiment.remap_action(action[:-1]), episode.episode_index,
-            episode.first_index, settings.fps, settings.task_index, settings.annotation_key)
+            episode.first_index, settings.fps, settings.task_index, settings.annotation_key,
+            extra=read_extra_columns(mimic, episode.demo, embodiment))
         if table.num_rows != episode.length:
             raise PosttrainError(f"{where}: {table.num_rows} rows, expected {episode.length}")
         lerobot.write_table(job.root / data_path, table)
@@ -497,6 +670,13 @@ def convert_episode(job: EpisodeJob) -> dict:
     names = {lerobot.STATE: list(embodiment.joint_names), lerobot.ACTION: list(embodiment.joint_names)}
     features.update(lerobot.tabular_features(table, names))
     return features
+
+
+def read_extra_columns(mimic: MimicFile, demo: str, embodiment: Embodiment) -> dict:
+    """The embodiment's extra columns of one demo: parts concatenated, rows [:-1] as for state and action."""
+    return {column.name: np.concatenate([mimic.read_matrix(demo, part.key, part.width)[:-1] for part in column.parts],
+                                        axis=1).astype(column.dtype)
+            for column in embodiment.columns}
 
 
 # --- gather and meta/ -----------------------------------------------------------------------
@@ -531,7 +711,7 @@ def gather(plan: Plan, shard_dirs: list[Path], output: Path) -> None:
         raise PosttrainError(f"convert --gather: shards miss {len(missing)} episode(s) of "
                              f"{plan.settings.input.name}: {listed}{' ...' if len(missing) > 10 else ''}")
 
-    with atomic_directory(output) as root:
+    with atomic_directory(output, "dataset", inputs=[plan.settings.input, *shard_dirs]) as root:
         for episode in plan.episodes:
             data_path, video_paths = episode_relpaths(plan.settings, episode.episode_index)
             for relpath in [data_path, *video_paths.values()]:
@@ -565,7 +745,8 @@ def write_meta(root: Path, plan: Plan, episode_features: list[dict]) -> None:
         num_tasks=1, fps=settings.fps, chunks_size=settings.chunks_size, features=first, video_keys=video_keys)
     modality = json.loads(json.dumps(embodiment.modality))
     modality["video"] = {key.rsplit(".", 1)[-1]: {"original_key": key} for key in video_keys}
-    source = dict(settings.source_fields(embodiment), episodes=[e.entry() for e in plan.episodes])
+    source = dict(settings.source_fields(embodiment), skipped_demos=list(plan.skipped),
+                  episodes=[e.entry() for e in plan.episodes])
     meta = root / "meta"
     write_json_atomic(meta / "info.json", info, indent=4)
     write_text_atomic(meta / "episodes.jsonl", lerobot.jsonl(

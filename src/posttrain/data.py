@@ -10,11 +10,18 @@ p = step * global_batch + j, never of the process or worker that builds it. That
 2-process run see the same samples as a 1-process run with the same global batch, and a resumed
 run continue exactly where it stopped.
 
-Videos are decoded a whole episode at a time at the model's resolution (ffmpeg scales while
-decoding) and kept as uint8 in a per-worker LRU cache bounded in bytes: decoding costs per
-episode, so a cache hit makes a sample almost free. Random sampling over more episodes than the
-cache holds decodes one episode per sample; for datasets that large, raise `cache_bytes` or read
-episodes in blocks (as GR00T's sharded loader does).
+Camera frames come from one of two places, with bit-identical pixels:
+- a frames directory (`posttrain frames`, `frames=DIR`): every frame decoded once at the model's
+  resolution; a sample reads its S*S*3 bytes per camera through the page cache that all workers
+  and processes share. The cost per sample and each worker's memory do not grow with the dataset.
+  This is what the workflow uses.
+- no frames directory (by hand, tests): videos are decoded a whole episode at a time at the
+  model's resolution (ffmpeg scales while decoding) into a per-worker LRU cache bounded in bytes.
+  Decoding costs per episode, so once the dataset outgrows the cache, random sampling decodes one
+  episode per sample (measured: 4 samples/s at 512² sources); fine for small datasets only.
+State, action and task come from the parquet files: with a frames directory all of them are read
+once, in the main process, and shared by the forked workers (EpisodeTables); without, per episode
+into the cache.
 """
 
 from __future__ import annotations
@@ -22,12 +29,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from posttrain.errors import PosttrainError
+from posttrain.frames import FrameStore
 from posttrain.lerobot import ACTION, STATE, LeRobotDataset
 from posttrain.policy import tokenize
 
@@ -142,42 +152,87 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
     return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
 
 
+# YIQ: luma and two chroma axes; a hue turn is a rotation about the luma axis.
+TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+FROM_YIQ = torch.linalg.inv(TO_YIQ)
+
+
 def color_jitter(images: torch.Tensor, params: dict, rng: np.random.Generator) -> torch.Tensor:
     """Random brightness/contrast/saturation/hue of float (V, 3, H, W) images in [0, 1].
 
     One draw per sample, shared by all views (GR00T applies the same augmentation to every view).
     Factors follow torchvision's ColorJitter: brightness/contrast/saturation in [1-x, 1+x], hue shift
     in [-x, x] turns. Hue is rotated in YIQ space (a linear approximation of the HSV hue shift).
+    After the first operation (which leaves `images` as it is) every step works in place: at 224²
+    this halves the cost of the loader's most expensive step; the arithmetic is the same.
     """
     brightness = rng.uniform(1 - params.get("brightness", 0.0), 1 + params.get("brightness", 0.0))
     contrast = rng.uniform(1 - params.get("contrast", 0.0), 1 + params.get("contrast", 0.0))
     saturation = rng.uniform(1 - params.get("saturation", 0.0), 1 + params.get("saturation", 0.0))
     hue = rng.uniform(-params.get("hue", 0.0), params.get("hue", 0.0))
-    out = (images * brightness).clamp(0, 1)
+    out = (images * brightness).clamp_(0, 1)
     mean = _gray(out).mean(dim=(-3, -2, -1), keepdim=True)
-    out = (mean + contrast * (out - mean)).clamp(0, 1)
+    out.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 1)        # mean + contrast * (out - mean)
     gray = _gray(out)
-    out = (gray + saturation * (out - gray)).clamp(0, 1)
+    out.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)      # gray + saturation * (out - gray)
     if hue:
         angle = 2 * math.pi * hue
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-        rotate = torch.tensor([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
-        matrix = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
-        out = torch.einsum("ij,...jhw->...ihw", matrix.to(out.dtype), out).clamp(0, 1)
+        cos, sin = math.cos(angle), math.sin(angle)
+        rotate = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+        matrix = FROM_YIQ @ rotate @ TO_YIQ
+        out = torch.einsum("ij,...jhw->...ihw", matrix.to(out.dtype), out).clamp_(0, 1)
     return out
 
 
 # --- the dataset -------------------------------------------------------------------------------
 @dataclass
-class EpisodeArrays:
+class EpisodeTable:
     state: np.ndarray          # (T, S) float32
     action: np.ndarray         # (T, A) float32
-    frames: list[np.ndarray]   # per view: (T, size, size, 3) uint8
     task_index: int
+
+
+def read_episode_table(dataset: LeRobotDataset, episode_index: int) -> EpisodeTable:
+    columns = dataset.read_episode(episode_index, [STATE, ACTION, "task_index"])
+    rows = len(columns[STATE])
+    length = next(row["length"] for row in dataset.episodes if row["episode_index"] == episode_index)
+    if rows != length:  # samples were indexed from episodes.jsonl lengths
+        raise PosttrainError(f"{dataset.parquet_path(episode_index)}: episode {episode_index}: {rows} rows, "
+                             f"meta/episodes.jsonl says length {length}")
+    return EpisodeTable(columns[STATE].astype(np.float32), columns[ACTION].astype(np.float32),
+                        int(columns["task_index"][0]))
+
+
+@dataclass
+class EpisodeArrays:
+    table: EpisodeTable
+    frames: list[np.ndarray]   # per view: (T, size, size, 3) uint8
 
     @property
     def nbytes(self) -> int:
-        return self.state.nbytes + self.action.nbytes + sum(f.nbytes for f in self.frames)
+        return self.table.state.nbytes + self.table.action.nbytes + sum(f.nbytes for f in self.frames)
+
+
+class EpisodeTables:
+    """State and action of the given episodes, read once (in the main process) into two arrays.
+
+    With a frames directory these are all a worker needs besides the images: forked DataLoader
+    workers share the arrays' pages instead of each reading and holding its own copy (~70 KB per
+    GR1 episode of 330 steps).
+    """
+
+    def __init__(self, dataset: LeRobotDataset, episodes: list[int]):
+        with ThreadPoolExecutor(8) as pool:  # pyarrow reads release the GIL
+            tables = list(pool.map(lambda e: read_episode_table(dataset, e), episodes))
+        self.state = np.concatenate([t.state for t in tables])
+        self.action = np.concatenate([t.action for t in tables])
+        lengths = np.cumsum([0] + [len(t.state) for t in tables])
+        self._rows = {e: (int(lengths[k]), int(lengths[k + 1]), t.task_index)
+                      for k, (e, t) in enumerate(zip(episodes, tables))}
+
+    def get(self, episode_index: int) -> EpisodeTable:
+        first, end, task_index = self._rows[episode_index]
+        return EpisodeTable(self.state[first:end], self.action[first:end], task_index)
 
 
 class EpisodeCache:
@@ -198,12 +253,8 @@ class EpisodeCache:
         return episode
 
     def _load(self, episode_index: int) -> EpisodeArrays:
-        columns = self.dataset.read_episode(episode_index, [STATE, ACTION, "task_index"])
-        rows = len(columns[STATE])
-        length = next(row["length"] for row in self.dataset.episodes if row["episode_index"] == episode_index)
-        if rows != length:  # samples were indexed from episodes.jsonl lengths
-            raise PosttrainError(f"{self.dataset.parquet_path(episode_index)}: episode {episode_index}: {rows} rows, "
-                                 f"meta/episodes.jsonl says length {length}")
+        table = read_episode_table(self.dataset, episode_index)
+        rows = len(table.state)
         frames = []
         for camera in self.cameras:
             video = self.dataset.read_video(episode_index, camera, size=(self.image_size, self.image_size))
@@ -211,20 +262,21 @@ class EpisodeCache:
                 raise PosttrainError(f"{self.dataset.video_path(episode_index, camera)}: episode {episode_index}: "
                                      f"{len(video)} video frames, expected {rows} (parquet rows)")
             frames.append(video)
-        return EpisodeArrays(columns[STATE].astype(np.float32), columns[ACTION].astype(np.float32), frames,
-                             int(columns["task_index"][0]))
+        return EpisodeArrays(table, frames)
 
 
 class TrainingSamples(torch.utils.data.Dataset):
     """(episode, start step) samples of the given episodes, built into model-ready tensors.
 
     Indexed by (sample index, sample seed) pairs from `StepSampler`; the seed drives this sample's
-    colour jitter and flow-matching noise. `normalizer` is `posttrain.policy.Normalizer`.
+    colour jitter and flow-matching noise. `normalizer` is `posttrain.policy.Normalizer`. With
+    `frames` (a `posttrain frames` directory of this dataset at the policy's image size) images
+    are read from it; without, videos are decoded into a per-worker cache of `cache_bytes`.
     """
 
     def __init__(self, dataset: LeRobotDataset, episodes: list[int], normalizer, *,
                  color_jitter_params: dict | None = None, state_dropout_prob: float = 0.0, seed: int = 0,
-                 cache_bytes: int = 2 << 30):
+                 cache_bytes: int = 2 << 30, frames: str | Path | None = None):
         config = normalizer.config  # PolicyConfig: image size, horizon, widths, text length
         if state_dropout_prob and config.state_encoding != "sincos":
             raise PosttrainError(f"--state-dropout-prob needs the sincos state encoding (a dropped state is all "
@@ -240,10 +292,16 @@ class TrainingSamples(torch.utils.data.Dataset):
         self.cameras = list(camera_keys(dataset).values())
         self.cache_bytes = cache_bytes
         self._cache: EpisodeCache | None = None  # created lazily inside each worker process
+        # Checked here, in the main process: a stale or mismatched frames directory fails before training.
+        self.frames = None if frames is None else FrameStore(frames, dataset, self.image_size, self.cameras)
+        self.tables = None if frames is None else EpisodeTables(dataset, episodes)
 
         lengths = {row["episode_index"]: row["length"] for row in dataset.episodes}
-        self.samples = [(ep, start) for ep in episodes for start in range(lengths[ep] - action_horizon + 1)]
-        if not self.samples:
+        # (episode, start) rows as one array, not a list of tuples: forked workers would copy the
+        # pages of the tuples they touch (reference counts), ~0.4 KB per sample each.
+        self.samples = np.array([(ep, start) for ep in episodes for start in range(lengths[ep] - action_horizon + 1)],
+                                dtype=np.int64).reshape(-1, 2)
+        if not len(self.samples):
             raise PosttrainError(f"{dataset.root}: no training samples: every one of episodes {episodes} is shorter "
                                  f"than the action horizon {action_horizon} (GR00T does not pad)")
         # Token ids of each task text, computed once (tasks are few, samples are many).
@@ -254,24 +312,30 @@ class TrainingSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key) -> dict[str, torch.Tensor]:
-        index, sample_seed = key if isinstance(key, tuple) else (key, key)
+    def _read(self, episode_index: int, start: int) -> tuple[EpisodeTable, np.ndarray]:
+        """The episode's table and the (V, S, S, 3) uint8 images at step `start`."""
+        if self.frames is not None:
+            return self.tables.get(episode_index), self.frames.images(episode_index, start)
         if self._cache is None:
             self._cache = EpisodeCache(self.dataset, self.cameras, self.image_size, self.cache_bytes)
-        episode_index, start = self.samples[index]
         episode = self._cache.get(episode_index)
+        return episode.table, np.stack([f[start] for f in episode.frames])
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, key)
+        episode_index, start = (int(x) for x in self.samples[index])
+        table, pixels = self._read(episode_index, start)
         rng = np.random.default_rng([self.seed, sample_seed])
 
-        images = torch.from_numpy(np.stack([f[start] for f in episode.frames]))  # (V, S, S, 3) uint8
-        images = images.permute(0, 3, 1, 2).float().div_(255)
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
         if self.jitter:
             images = color_jitter(images, self.jitter, rng)
-        state = self.normalizer.encode_state(episode.state[start:start + 1])[0]
+        state = self.normalizer.encode_state(table.state[start:start + 1])[0]
         if self.state_dropout_prob and rng.random() < self.state_dropout_prob:
             # GR00T's state dropout: without the state the policy must read the target from the
             # image (the state alone predicts most steps, a shortcut that leaves vision unused).
             state = np.zeros_like(state)
-        action = self.normalizer.normalize_action(episode.action[start:start + self.horizon])
+        action = self.normalizer.normalize_action(table.action[start:start + self.horizon])
         # Flow-matching noise and time drawn here, from the sample's own seed, so that they do not
         # depend on how samples are spread over processes (see module docstring).
         # GR00T's flow time t = 0.999 (1 - u), u ~ Beta(1.5, 1).
@@ -281,7 +345,7 @@ class TrainingSamples(torch.utils.data.Dataset):
             "images": images,
             "state": torch.as_tensor(state, dtype=torch.float32),
             "action": torch.as_tensor(action, dtype=torch.float32),
-            "tokens": self.tokens[episode.task_index],
+            "tokens": self.tokens[table.task_index],
             "noise": torch.from_numpy(noise),
             "time": torch.tensor(time),
         }

@@ -9,6 +9,11 @@ Errors are reported per horizon step, per action group (modality.json) and overa
 - mean action: the mean action over the TRAIN episodes' frames (split.json), constant in time;
 - hold state: repeat the state at i for all H steps (state and action share the 26-D layout).
 
+The verdict (metrics["verdict"]) compares them: the policy beats a baseline when policy MSE /
+baseline MSE < 1, strictly (a tie is no win: a policy that only matches holding the state is not
+worth deploying), overall and per horizon step and action group. Losing is logged as a warning
+and reported, never an error: the numbers are still worth having.
+
 Outputs (written to a temporary directory, then renamed): metrics.json, trajectories.png
 (recorded vs predicted per group, first step of each chunk), horizon_error.png (MSE per
 horizon step, policy vs baselines).
@@ -67,7 +72,7 @@ def run(args) -> int:
     dataset = LeRobotDataset(args.dataset)
     options = dict(episodes_to_plot=args.episodes_to_plot, stride=args.stride, batch_size=args.batch_size,
                    device=args.device, seed=args.seed)
-    with atomic_directory(args.output) as tmp:
+    with atomic_directory(args.output, "eval", inputs=[args.checkpoint, args.dataset]) as tmp:
         metrics = evaluate_checkpoint(checkpoint, dataset, tmp, **options)
         if others:
             metrics["checkpoints"] = {checkpoint.name: summary(metrics)}
@@ -78,6 +83,9 @@ def run(args) -> int:
     p = metrics["policy"]
     log.info("%s: policy MSE %.5g MAE %.5g | mean-action MSE %.5g | hold-state MSE %s", checkpoint.name, p["mse"],
              p["mae"], metrics["mean_action"]["mse"], (metrics["hold_state"] or {}).get("mse"))
+    # Losing to a baseline is information, not a failure: a warning, and the exit status stays 0.
+    outcome = metrics["verdict"]
+    (log.info if outcome["beats_all_baselines"] else log.warning)("verdict: %s", outcome["summary"])
     return 0
 
 
@@ -293,6 +301,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset: LeRobotDataset, out: Path, *,
         "latency_ms_per_chunk": latency_summary(latencies, batch_size, device),
         "seed": seed,
     }
+    metrics["verdict"] = verdict(metrics["policy"], {k: metrics[k] for k in ("mean_action", "hold_state")})
     out.mkdir(parents=True, exist_ok=True)
     plot_horizon_error(metrics, out / "horizon_error.png")
     plot_trajectories(plotted, groups, horizon, out / "trajectories.png")
@@ -340,7 +349,87 @@ def latency_summary(latencies: list[float], batch_size: int, device: str) -> dic
 
 
 def summary(metrics: dict) -> dict:
-    return {"step": metrics["step"], "mse": metrics["policy"]["mse"], "mae": metrics["policy"]["mae"]}
+    return {"step": metrics["step"], "mse": metrics["policy"]["mse"], "mae": metrics["policy"]["mae"],
+            "beats_all_baselines": metrics["verdict"]["beats_all_baselines"]}
+
+
+# --- verdict ----------------------------------------------------------------------------------
+BASELINE_NAMES = {"mean_action": "mean-action", "hold_state": "hold-state"}
+VERDICT_RULE = ("the policy beats a baseline when policy MSE / baseline MSE < 1 (a tie is not a win); "
+                "overall on the MSE over all chunks, steps and joints, and the same rule per horizon step "
+                "and per action group; beats_all_baselines: it beats every applicable baseline overall")
+
+
+def mse_ratio(policy_mse: float, baseline_mse: float) -> float | None:
+    """policy MSE / baseline MSE; None where undefined (a perfect baseline, or a non-finite error)."""
+    if not (np.isfinite(policy_mse) and np.isfinite(baseline_mse) and baseline_mse > 0):
+        return None
+    return float(policy_mse / baseline_mse)
+
+
+def wins(ratio: float | None) -> bool:
+    return ratio is not None and ratio < 1
+
+
+def verdict(policy: dict, baselines: dict[str, dict | None]) -> dict:
+    """Whether the policy beats each baseline, overall, per horizon step and per action group.
+
+    policy and baselines are error_summary() blocks; a None baseline (not applicable) is left out.
+    """
+    result = {}
+    for name, base in baselines.items():
+        if base is None:
+            continue
+        ratio = mse_ratio(policy["mse"], base["mse"])
+        per_step = [mse_ratio(p, b) for p, b in zip(policy["mse_per_step"], base["mse_per_step"])]
+        groups = {g: mse_ratio(policy["groups"][g]["mse"], base["groups"][g]["mse"]) for g in policy["groups"]}
+        result[name] = {
+            "ratio": ratio, "beats": wins(ratio),
+            "steps_won": sum(map(wins, per_step)), "steps": len(per_step),
+            "ratio_per_step": per_step, "beats_per_step": [wins(r) for r in per_step],
+            "groups": {g: {"ratio": r, "beats": wins(r)} for g, r in groups.items()},
+        }
+    return {"rule": VERDICT_RULE, "beats_all_baselines": all(v["beats"] for v in result.values()),
+            "baselines": result, "summary": verdict_summary(result)}
+
+
+def verdict_summary(baselines: dict) -> str:
+    """One sentence: which baselines the policy beats, the ratios, and where it falls short."""
+    lost = [BASELINE_NAMES[n] for n, v in baselines.items() if not v["beats"]]
+    named = lost or [BASELINE_NAMES[n] for n in baselines]
+    plural = "s" if len(named) > 1 else ""
+    head = (f"The policy does not beat the {' and '.join(named)} baseline{plural}" if lost else
+            f"The policy beats the {' and '.join(named)} baseline{plural}")
+    ratios = ", ".join(f"{BASELINE_NAMES[n]} {fmt_ratio(v['ratio'])}" for n, v in baselines.items())
+    short = []
+    for name, v in baselines.items():
+        steps = [i for i, won in enumerate(v["beats_per_step"]) if not won]
+        groups = [g for g, r in v["groups"].items() if not r["beats"]]
+        where = []
+        if steps:
+            where.append(f"at any of the {v['steps']} horizon steps" if len(steps) == v["steps"] else
+                         f"at horizon steps {ranges(steps)} of {v['steps']}")
+        if groups:
+            where.append("in any action group" if len(groups) == len(v["groups"]) else f"in {', '.join(groups)}")
+        if where:
+            short.append(f"{BASELINE_NAMES[name]} {' or '.join(where)}")
+    tail = f"; it does not beat {'; '.join(short)}" if short else ""
+    return f"{head} on the held-out episodes (policy/baseline MSE: {ratios}){tail}."
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return "undefined" if ratio is None else f"{ratio:.3g}x"
+
+
+def ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs = []
+    for x in indices:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -362,8 +451,10 @@ def plot_horizon_error(metrics: dict, path: Path) -> None:
     ax.set_xlabel("horizon step")
     ax.set_ylabel("MSE (raw units)")
     ax.set_yscale("log")
+    ratios = ", ".join(f"{BASELINE_NAMES[n]} {fmt_ratio(v['ratio'])}{'' if v['beats'] else ' (NOT beaten)'}"
+                       for n, v in metrics["verdict"]["baselines"].items())
     ax.set_title(f"Open-loop error vs horizon ({metrics['num_chunks']} chunks, "
-                 f"{len(metrics['heldout_episodes'])} held-out episodes)")
+                 f"{len(metrics['heldout_episodes'])} held-out episodes)\npolicy/baseline MSE: {ratios}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

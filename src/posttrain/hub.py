@@ -3,13 +3,23 @@
     posttrain hub download --repo-id R [--repo-type dataset] [--revision REV] --format hdf5 --path FILE --output raw.hdf5
     posttrain hub download --repo-id R [--repo-type dataset] [--revision REV] --format lerobot \
                            --include 'task/lerobot/**' [--include ...] --output DATASET_DIR
-    posttrain hub upload --repo-id R --repo-type dataset|model PATH [--path-in-repo P] [--exclude GLOB] [--dry-run]
+    posttrain hub upload --repo-id R --repo-type dataset|model PATH [--path-in-repo P] [--exclude GLOB]
+                         [--license L] [--eval-metrics metrics.json] [--dry-run]
 
 Downloads go through huggingface_hub (`hf_hub_download` / `snapshot_download`) and its cache, so
 HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE / HF_TOKEN behave as everywhere else; this module never
 reads, prints or logs a token. A pre-converted LeRobot dataset is copied WITHOUT its
 meta/stats.json, meta/episodes_stats.jsonl and meta/relative_stats.json: the workflow's stats rule
 recomputes them from the parquet files, so the statistics a policy trains on are always ours.
+
+An upload to the root of a repository (no --path-in-repo) adds a card, README.md, as the Hub shows
+it, unless the directory has its own README.md: a dataset (a directory with meta/info.json) gets a
+dataset card whose YAML front matter is what lerobot's `push_to_hub` writes (license,
+task_categories [robotics], tags with LeRobot, configs -> data/*/*.parquet), so the Hub's viewer and
+the LeRobot visualiser recognise it; a checkpoint gets a model card with its training configuration
+and, if found, the open-loop evaluation of that very checkpoint (--eval-metrics, or the workflow's
+results/<ds>/eval/<run>/metrics.json beside results/<ds>/train/<run>). An upload into a folder of a
+repository writes no card: README.md at the root describes the whole repository.
 """
 
 from __future__ import annotations
@@ -21,8 +31,10 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from posttrain.errors import PosttrainError
-from posttrain.files import atomic_directory, atomic_file
+from posttrain.files import atomic_directory, atomic_file, check_output
 
 log = logging.getLogger("posttrain.hub")
 
@@ -51,11 +63,17 @@ def add_arguments(parser) -> None:
     u.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
     u.add_argument("--private", action="store_true", help="create the repository private if it does not exist")
     u.add_argument("--commit-message", default=None)
+    u.add_argument("--license", default="apache-2.0", help="license in the card (a Hub license id; default "
+                   "apache-2.0, as lerobot's push_to_hub)")
+    u.add_argument("--eval-metrics", type=Path, default=None,
+                   help="model: `posttrain eval` metrics.json for the card (default: the workflow's "
+                        "results/<ds>/eval/<run>/metrics.json, if it evaluated this checkpoint)")
     u.add_argument("--dry-run", action="store_true", help="print the planned file operations; no network")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_repo_id(args.repo_id)  # offline, and the same for --dry-run as for a real upload
     if args.action == "download":
         if args.format == "hdf5":
             if not args.path or args.include:
@@ -66,16 +84,32 @@ def run(args) -> int:
                 raise PosttrainError("hub download --format lerobot needs --include GLOB (and no --path)")
             download_lerobot(args.repo_id, args.repo_type, args.revision, args.include, args.output)
         return 0
-    operations = plan_upload(args.path, args.path_in_repo, args.exclude)
+    source = upload_source(args.path)
+    operations = plan_upload(source, args.path_in_repo, args.exclude)
+    card = None if args.path_in_repo.strip("/") else card_for(source, args, operations)
+    if card is not None:
+        operations.append(card_operation(card))
     for op in operations:
-        print(f"add {op.path_in_repo} ({os.path.getsize(op.path_or_fileobj)} bytes)")
-    total = sum(os.path.getsize(op.path_or_fileobj) for op in operations)
+        what = ", generated card" if op is operations[-1] and card is not None else ""
+        print(f"add {op.path_in_repo} ({operation_size(op)} bytes{what})")
+    total = sum(operation_size(op) for op in operations)
     print(f"{len(operations)} files, {total} bytes -> {args.repo_type} {args.repo_id}"
           f"{'' if args.dry_run else ' (uploading)'}")
     if not args.dry_run:
         upload(operations, args.repo_id, args.repo_type, args.revision, args.private,
                args.commit_message or f"Upload {args.path.name} with posttrain")
     return 0
+
+
+def check_repo_id(repo_id: str) -> None:
+    """huggingface_hub's own repo id rules (what its API calls check before any request)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PosttrainError(f"--repo-id {repo_id!r}: not a valid Hub repository id: "
+                             f"{' '.join(str(err).split())}") from None
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -126,6 +160,7 @@ def download_lerobot(repo_id: str, repo_type: str, revision: str | None, include
     from huggingface_hub import snapshot_download
 
     where = describe(repo_id, repo_type, revision)
+    check_output(output, "dataset")  # before the download: it may be large
     try:
         snapshot = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=include))
     except Exception as err:
@@ -144,7 +179,7 @@ def download_lerobot(repo_id: str, repo_type: str, revision: str | None, include
         if root + needed not in files:
             raise PosttrainError(f"{where}: {root}{needed} missing; GR00T needs it in a LeRobot v2.1 dataset")
     skipped = []
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, "dataset") as tmp:
         for name in files:
             if not name.startswith(root):
                 continue
@@ -178,10 +213,8 @@ def snapshot_commit(cached_file: Path) -> str:
 
 
 # --- upload -----------------------------------------------------------------------------------
-def plan_upload(path: Path, path_in_repo: str, exclude: list[str]):
-    """CommitOperationAdd for every file under `path` (hidden and temporary entries left out), sorted."""
-    from huggingface_hub import CommitOperationAdd
-
+def upload_source(path: Path) -> Path:
+    """What PATH stands for: itself, or for a training run (DONE.json) its final checkpoint."""
     if not path.exists():
         raise PosttrainError(f"{path}: nothing to upload (not found)")
     done = path / "DONE.json"
@@ -190,6 +223,18 @@ def plan_upload(path: Path, path_in_repo: str, exclude: list[str]):
         if not final or not (path / final).is_dir():
             raise PosttrainError(f"{done}: final_checkpoint {final!r} not found in {path}")
         path = path / final
+    return path
+
+
+def operation_size(op) -> int:
+    data = op.path_or_fileobj
+    return len(data) if isinstance(data, bytes) else os.path.getsize(data)
+
+
+def plan_upload(path: Path, path_in_repo: str, exclude: list[str]):
+    """CommitOperationAdd for every file under `path` (hidden and temporary entries left out), sorted."""
+    from huggingface_hub import CommitOperationAdd
+
     prefix = path_in_repo.strip("/")
     if path.is_file():
         files = [(path, path.name)]
@@ -219,3 +264,173 @@ def upload(operations, repo_id: str, repo_type: str, revision: str | None, priva
     except Exception as err:
         raise hub_error(err, where) from None
     log.info("%s: committed %d files: %s", where, len(operations), info.commit_url)
+
+
+# --- cards (README.md) ------------------------------------------------------------------------
+CARD_TAGS = ["LeRobot", "GR00T", "isaac-lab"]
+
+
+def card_operation(text: str):
+    from huggingface_hub import CommitOperationAdd
+    return CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=text.encode())
+
+
+def card_for(source: Path, args, operations) -> str | None:
+    """The card this upload gets, or None (one file, or the directory brings its own README.md)."""
+    if not source.is_dir():
+        return None
+    if any(op.path_in_repo == "README.md" for op in operations):
+        log.info("%s has its own README.md: uploaded as it is, no card generated", source)
+        return None
+    if (source / "meta" / "info.json").is_file():
+        return dataset_card(source, args.repo_id, args.license)
+    if args.repo_type == "model":
+        return model_card(source, args.repo_id, args.license, eval_metrics(source, args.eval_metrics))
+    return None
+
+
+def front_matter(fields: dict) -> str:
+    return "---\n" + yaml.safe_dump(fields, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PosttrainError(f"{path}: cannot read JSON ({err})") from None
+
+
+def dataset_card(root: Path, repo_id: str, license: str) -> str:
+    """A dataset card: lerobot's front matter (so the Hub and the LeRobot visualiser recognise the
+    dataset), then what it holds, where it came from, how to load it, and its meta/info.json."""
+    info = read_json_file(root / "meta" / "info.json")
+    source = read_json_file(root / "meta" / "source.json") if (root / "meta" / "source.json").is_file() else {}
+    version = info.get("codebase_version")
+    cameras = [k for k, v in info.get("features", {}).items() if v.get("dtype") == "video"]
+    tasks = sorted({t for line in _jsonl(root / "meta" / "episodes.jsonl") for t in line.get("tasks", [])})
+    fields = {"license": license, "task_categories": ["robotics"], "tags": CARD_TAGS,
+              "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}]}
+    lines = [
+        front_matter(fields),
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"Robot demonstrations in the [LeRobot](https://github.com/huggingface/lerobot) format {version}, "
+        "prepared with posttrain; the same files train [GR00T N1.6](https://github.com/NVIDIA/Isaac-GR00T) "
+        "(meta/modality.json, meta/stats.json).",
+        "",
+        "## Dataset description",
+        "",
+        f"- **Robot:** {info.get('robot_type')}",
+        f"- **Episodes:** {info.get('total_episodes')}, **frames:** {info.get('total_frames')} at "
+        f"{info.get('fps')} fps",
+        f"- **Cameras:** {', '.join(cameras) or 'none'}",
+        f"- **Tasks:** {'; '.join(tasks) or 'none listed'}",
+    ]
+    if source:
+        lines.append(f"- **Source:** Isaac Lab Mimic demos {source.get('hdf5')} (embodiment "
+                     f"{source.get('embodiment')}, drop_frame {source.get('drop_frame')}); meta/source.json "
+                     "maps episodes to demos")
+    lines.append(f"- **License:** {license}")
+    load = (f'from lerobot.datasets.lerobot_dataset import LeRobotDataset\n'
+            f'dataset = LeRobotDataset("{repo_id}")')
+    reader = "lerobot 0.3.x" if version == "v2.1" else "lerobot >= 0.4"
+    lines += ["", "## How to use", "", f"With {reader}:", "", "```python", load, "```", ""]
+    if version == "v2.1":
+        lines += ["With GR00T N1.6: download it and pass the directory as `--dataset-path` to "
+                  "`gr00t/experiment/launch_finetune.py`.", ""]
+    else:
+        lines += ["For GR00T N1.6, convert it back to v2.1 with GR00T's "
+                  "`scripts/lerobot_conversion/convert_v3_to_v2.py`; meta/modality.json and GR00T's "
+                  "stats are kept for that.", ""]
+    lines += ["## Dataset structure", "", "[meta/info.json](meta/info.json):", "", "```json",
+              json.dumps(info, indent=4), "```", ""]
+    return "\n".join(lines)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    state = checkpoint / "trainer_state.json"  # native and Hugging Face trainers both write global_step
+    step = read_json_file(state).get("global_step") if state.is_file() else None
+    if isinstance(step, int):
+        return step
+    name = checkpoint.name
+    return int(name.split("-")[-1]) if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() else None
+
+
+def eval_metrics(checkpoint: Path, given: Path | None) -> tuple[dict, Path] | None:
+    """The open-loop metrics of this checkpoint: --eval-metrics, or the workflow's eval output for
+    this run (results/<ds>/eval/<run>/metrics.json), if it evaluated this checkpoint's step."""
+    if given is not None:
+        return read_json_file(given), given
+    run = checkpoint.parent
+    found = run.parent.parent / "eval" / run.name / "metrics.json"
+    if run.parent.name != "train" or not found.is_file():
+        return None
+    metrics = read_json_file(found)
+    if metrics.get("step") != checkpoint_step(checkpoint):
+        log.warning("%s evaluated step %s, not this checkpoint (%s): not in the card", found, metrics.get("step"),
+                    checkpoint.name)
+        return None
+    return metrics, found
+
+
+def model_card(checkpoint: Path, repo_id: str, license: str, metrics: tuple[dict, Path] | None) -> str:
+    """A model card: what was trained on what, the training configuration, the evaluation."""
+    train = checkpoint / "train_config.json"
+    gr00t = checkpoint / "experiment_cfg" / "config.yaml"
+    model = checkpoint / "model_config.json"
+    config = read_json_file(train) if train.is_file() else {}
+    fields = {"license": license, "pipeline_tag": "robotics",
+              "tags": ["robotics", *CARD_TAGS, "flow-matching", "posttrain"]}
+    step = checkpoint_step(checkpoint)
+    backend = "Isaac-GR00T N1.6 (launch_finetune.py)" if gr00t.is_file() else (
+        f"posttrain's native GR00T N1.6-style flow-matching policy (preset {config.get('preset', '?')})")
+    at_step = f" (step {step})" if step is not None else ""
+    on_dataset = f", trained on the dataset `{config['dataset']}`" if config.get("dataset") else ""
+    lines = [
+        front_matter(fields),
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A robot policy post-trained with posttrain: {backend}, checkpoint `{checkpoint.name}`{at_step}{on_dataset}.",
+        "",
+        "## Training configuration",
+        "",
+    ]
+    if config:
+        lines += ["[train_config.json](train_config.json):", "", "```json", json.dumps(config, indent=2), "```", ""]
+    elif gr00t.is_file():
+        lines += ["[experiment_cfg/config.yaml](experiment_cfg/config.yaml):", "", "```yaml",
+                  gr00t.read_text().rstrip(), "```", ""]
+    else:
+        lines += ["Not recorded in this checkpoint.", ""]
+    if model.is_file():
+        lines += ["Model: [model_config.json](model_config.json).", ""]
+    lines += ["## Evaluation", ""]
+    if metrics is None:
+        lines += ["No open-loop evaluation of this checkpoint was given (`posttrain eval`).", ""]
+    else:
+        lines += metrics_section(*metrics)
+    lines.append(f"License: {license}.")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_section(metrics: dict, path: Path) -> list[str]:
+    """The policy against the two baselines, as `posttrain eval` reports them."""
+    heldout = metrics.get("heldout_episodes") or []
+    lines = [f"Open-loop on {len(heldout)} held-out episode(s), action chunks of {metrics.get('action_horizon')} "
+             f"steps, step {metrics.get('step')}; {metrics.get('units', 'raw action units')}.", "",
+             "| predictor | MSE | MAE |", "|---|---:|---:|"]
+    for key, label in (("policy", "policy"), ("mean_action", "mean-action baseline"),
+                       ("hold_state", "hold-current-state baseline")):
+        block = metrics.get(key)
+        if isinstance(block, dict) and "mse" in block:
+            lines.append(f"| {label} | {block['mse']:.6g} | {block.get('mae', float('nan')):.6g} |")
+    verdict = (metrics.get("verdict") or {}).get("summary")
+    if verdict:
+        lines += ["", f"Verdict: {verdict}"]
+    return lines + ["", f"From `{path.name}` of `posttrain eval`.", ""]

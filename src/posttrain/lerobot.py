@@ -15,6 +15,7 @@ the annotation column, `next.reward`, `next.done`, `observation.img_state_delta`
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,24 +34,34 @@ STATE = "observation.state"
 ACTION = "action"
 DEFAULT_ANNOTATION = "annotation.human.action.task_description"
 FLOAT_LIST = pa.list_(pa.field("element", pa.float32()))  # the child name pandas/Arena write
+DOUBLE_LIST = pa.list_(pa.field("element", pa.float64()))  # G1's eef poses
 
 
 def episode_columns(state: np.ndarray, action: np.ndarray, episode_index: int, first_index: int,
-                    fps: int, task_index: int, annotation_key: str = DEFAULT_ANNOTATION) -> pa.Table:
-    """The parquet table of one episode, in the column order and arrow types of the golden episode."""
+                    fps: int, task_index: int, annotation_key: str = DEFAULT_ANNOTATION,
+                    extra: dict[str, np.ndarray] | None = None) -> pa.Table:
+    """The parquet table of one episode, in the column order and arrow types of the golden episodes.
+
+    `extra`: an embodiment's own (T, D) columns, float32 or float64 as given (G1's eef poses and
+    teleop commands), placed after `timestamp` in the given order, as in the golden G1 episode.
+    """
     n = len(state)
     frame_index = np.arange(n, dtype=np.int64)
     last = frame_index == n - 1
 
-    def float_lists(values: np.ndarray) -> pa.Array:
-        values = np.ascontiguousarray(values, dtype=np.float32)
+    def float_lists(values: np.ndarray, dtype=np.float32) -> pa.Array:
+        values = np.ascontiguousarray(values, dtype=dtype)
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)), type=FLOAT_LIST)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)),
+                                        type=DOUBLE_LIST if values.dtype == np.float64 else FLOAT_LIST)
 
     columns = {
         STATE: float_lists(state),
         ACTION: float_lists(action),
-        "timestamp": pa.array(frame_index / float(fps), pa.float64()),
+        # frame_index * (1 / fps), not frame_index / fps: the golden GR1 and G1 episodes hold exactly
+        # these values (the two differ in the last bit on some rows)
+        "timestamp": pa.array(frame_index * (1.0 / fps), pa.float64()),
+        **{name: float_lists(values, values.dtype) for name, values in (extra or {}).items()},
         annotation_key: pa.array(np.full(n, task_index, np.int64)),
         "episode_index": pa.array(np.full(n, episode_index, np.int64)),
         "task_index": pa.array(np.full(n, task_index, np.int64)),
@@ -71,7 +82,10 @@ def write_table(path: str | Path, table: pa.Table) -> None:
 
 
 def tabular_features(table: pa.Table, names: dict[str, list[str]] | None = None) -> dict:
-    """info.json `features` entries of the parquet columns: numpy dtype name, shape, joint names."""
+    """info.json `features` entries of the parquet columns: numpy dtype name, shape, joint names.
+
+    Every entry has "names" (lerobot's `LeRobotDatasetMetadata.names` reads it for every feature):
+    the given joint names, or null as lerobot writes for its own scalar columns."""
     features = {}
     for field in table.schema:
         if pa.types.is_list(field.type):
@@ -79,22 +93,27 @@ def tabular_features(table: pa.Table, names: dict[str, list[str]] | None = None)
             dtype, shape = first.type.to_pandas_dtype().__name__, [len(first)]
         else:
             dtype, shape = np.dtype(field.type.to_pandas_dtype()).name, [1]
-        entry = {"dtype": dtype, "shape": shape}
-        if names and field.name in names:
-            entry["names"] = list(names[field.name])
-        features[field.name] = entry
+        column_names = (names or {}).get(field.name)
+        features[field.name] = {"dtype": dtype, "shape": shape,
+                                "names": list(column_names) if column_names is not None else None}
     return features
 
 
 def video_feature(height: int, width: int, fps: float, codec: str = "h264", pix_fmt: str = "yuv420p") -> dict:
-    """A video entry of info.json `features`, in the `video_info` form GR00T's demo data and Arena use."""
+    """A video entry of info.json `features` that both readers understand: `video_info` as GR00T's
+    demo data and Arena write it, and the same facts under `info` in lerobot's current spelling
+    (int fps, its key order); names use lerobot's "channels" (GR00T reads neither names nor info)."""
     return {
         "dtype": "video",
         "shape": [height, width, 3],
-        "names": ["height", "width", "channel"],
+        "names": ["height", "width", "channels"],
         "video_info": {
             "video.width": width, "video.height": height, "video.fps": float(fps), "video.codec": codec,
             "video.pix_fmt": pix_fmt, "video.channels": 3, "video.is_depth_map": False, "has_audio": False,
+        },
+        "info": {
+            "video.height": height, "video.width": width, "video.codec": codec, "video.pix_fmt": pix_fmt,
+            "video.is_depth_map": False, "video.fps": round(fps), "video.channels": 3, "has_audio": False,
         },
     }
 
@@ -228,6 +247,36 @@ class LeRobotDataset:
     def read_video(self, episode_index: int, video_key: str, size: tuple[int, int] | None = None) -> np.ndarray:
         from posttrain.video import read_frames  # decoding is only needed by some readers
         return read_frames(self.video_path(episode_index, video_key), size)
+
+
+# Parts of a dataset a trainer learns from. meta/source.json is provenance, not content: it names
+# the source HDF5's path, which may move without the data changing.
+CONTENT_PARTS = ("meta", "data", "videos")
+PROVENANCE = ("meta/source.json",)
+
+
+def content_fingerprint(root: str | Path) -> dict[str, str]:
+    """sha256 of a dataset's content, by part: each meta/ file on its own (so a change can be named),
+    then all of data/ and all of videos/ (relative names and bytes, in path order). The dataset's own
+    location never counts: a moved or re-spelled path gives the same fingerprint. About 1 s per GB."""
+    root = Path(root)
+    parts = {}
+    for part in CONTENT_PARTS:
+        digest = hashlib.sha256()
+        for path in sorted((root / part).rglob("*")):
+            name = path.relative_to(root).as_posix()
+            hidden = any(piece.startswith(".") for piece in name.split("/"))  # temporary files of a writer
+            if not path.is_file() or hidden or name in PROVENANCE:
+                continue
+            with open(path, "rb") as f:
+                file_hash = hashlib.file_digest(f, "sha256").hexdigest()
+            if part == "meta":
+                parts[name] = file_hash
+            else:
+                digest.update(f"{name}\0{file_hash}\0".encode())
+        if part != "meta":
+            parts[part] = digest.hexdigest()
+    return parts
 
 
 def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:

@@ -5,6 +5,8 @@
     /data/demo_{i}/processed_actions       (T, 36) float32   converter action source
     /data/demo_{i}/obs/robot_joint_pos     (T, 54) float32   converter state source
     /data/demo_{i}/camera_obs/<camera>     (T, H, W, 3) uint8
+    /data/demo_{i}/obs/left_eef_pos, /data/demo_{i}/action/navigate_cmd, ...
+                                           (T, D) float   extra columns an embodiment declares (G1)
 
 Demos are listed in NUMERIC order (demo_2 before demo_10), not h5py's string order.
 State and action may be float32 (what Isaac Lab writes) or float64 (cast to float32 on reading:
@@ -12,6 +14,8 @@ the LeRobot columns are float32 anyway); any other dtype is an error. Camera fra
 during `check`, only their shape and dtype; `iter_camera_frames` streams them in small batches.
 
 Every error names the file, the demo and the key: `demos.hdf5: data/demo_3/obs/robot_joint_pos: ...`.
+An object that is listed but cannot be opened (a file cut short or partly overwritten) is reported
+as such: `demos.hdf5: data/demo_3: cannot be read, the file is truncated or corrupt (...)`.
 """
 
 from __future__ import annotations
@@ -60,7 +64,11 @@ class MimicFile:
         except (OSError, ValueError) as err:
             reason = "no such file" if not self.path.exists() else " ".join(str(err).split())
             raise PosttrainError(f"{self.path}: not a readable HDF5 file ({reason})") from None
-        data = self.file.get("data")
+        try:
+            data = self._child(self.file, "data", "data")
+        except PosttrainError:
+            self.close()
+            raise
         if not isinstance(data, h5py.Group):
             top = ", ".join(self.file.keys()) or "nothing"
             self.close()
@@ -80,6 +88,27 @@ class MimicFile:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _damaged(self, where: str, err: Exception) -> PosttrainError:
+        reason = " ".join(str(err).strip("'\"").split())
+        return PosttrainError(f"{self.name}: {where}: cannot be read, the file is truncated or corrupt ({reason})")
+
+    def _names(self, group: h5py.Group, where: str) -> list[str]:
+        try:
+            return list(group.keys())
+        except (KeyError, OSError, RuntimeError, ValueError) as err:
+            raise self._damaged(where, err) from None
+
+    def _child(self, group: h5py.Group, name: str, where: str):
+        """group[name], None when absent; a listed object that cannot be opened is a damaged file."""
+        try:
+            return group[name]
+        except KeyError as err:
+            if name not in self._names(group, where.rpartition("/")[0] or "/"):
+                return None
+            raise self._damaged(where, err) from None
+        except (OSError, RuntimeError, ValueError) as err:
+            raise self._damaged(where, err) from None
+
     def error(self, where: str, problem: str) -> PosttrainError:
         """An error in the house format: `<file>: data/<where>: <problem>`."""
         return PosttrainError(f"{self.name}: data/{where}: {problem}")
@@ -88,7 +117,8 @@ class MimicFile:
     def demos(self) -> list[str]:
         """Demo group names under /data, sorted numerically (demo_2 before demo_10)."""
         names = []
-        for name, item in self.data.items():
+        for name in self._names(self.data, "data"):
+            item = self._child(self.data, name, f"data/{name}")
             if not isinstance(item, h5py.Group):
                 raise self.error(name, "expected a demo group, found a dataset")
             names.append(name)
@@ -104,11 +134,21 @@ class MimicFile:
         except (TypeError, ValueError):
             return {}
 
+    def success(self, demo: str) -> bool | None:
+        """The demo's `success` attr (None when it has none: Mimic's exported files often do not)."""
+        value = self._demo(demo).attrs.get("success")
+        if value is None:
+            return None
+        value = np.asarray(value)
+        if value.size != 1 or value.dtype.kind not in "biu":
+            raise self.error(demo, f"attr success={value.tolist()!r}, expected True or False")
+        return bool(value.item())
+
     def demo_attrs(self, demo: str) -> dict:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._demo(demo).attrs.items()}
 
     def _demo(self, demo: str) -> h5py.Group:
-        group = self.data.get(demo)
+        group = self._child(self.data, demo, f"data/{demo}")
         if not isinstance(group, h5py.Group):
             raise self.error(demo, f"no such demo (demos: {', '.join(self.demos) or 'none'})")
         return group
@@ -118,14 +158,14 @@ class MimicFile:
         node = self._demo(demo)
         walked = demo
         for part in key.strip("/").split("/"):
-            if not isinstance(node, h5py.Group) or part not in node:
+            child = self._child(node, part, f"data/{walked}/{part}") if isinstance(node, h5py.Group) else None
+            if child is None:
                 if isinstance(node, h5py.Group):
-                    have = ", ".join(node.keys()) or "nothing"
+                    have = ", ".join(self._names(node, f"data/{walked}")) or "nothing"
                     hint = " (recorded without --enable_cameras?)" if part == "camera_obs" else ""
                     raise self.error(f"{demo}/{key}", f"missing; data/{walked} has: {have}{hint}")
                 raise self.error(f"{demo}/{key}", f"missing; data/{walked} is a dataset, not a group")
-            node = node[part]
-            walked = f"{walked}/{part}"
+            walked, node = f"{walked}/{part}", child
         if not isinstance(node, h5py.Dataset):
             raise self.error(f"{demo}/{key}", f"is a group ({', '.join(node.keys()) or 'empty'}), expected a dataset")
         return node
@@ -153,8 +193,8 @@ class MimicFile:
         except (OSError, ValueError, RuntimeError) as err:
             raise self.error(f"{demo}/{key}", f"unreadable ({' '.join(str(err).split())})") from None
 
-    def _finite(self, values: np.ndarray, demo: str, key: str) -> np.ndarray:
-        values = values.astype(np.float32, copy=False)
+    def _finite(self, values: np.ndarray, demo: str, key: str, dtype=np.float32) -> np.ndarray:
+        values = values.astype(dtype, copy=False)
         bad = ~np.isfinite(values)
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
@@ -180,21 +220,24 @@ class MimicFile:
 
     def check(self, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
               cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
-              action_dims: int | None = 36) -> dict[str, int]:
-        """Validate every demo (no image is read); return {demo: T} in numeric demo order.
+              action_dims: int | None = 36, demos: list[str] | None = None,
+              extra: dict[str, int] | None = None) -> dict[str, int]:
+        """Validate every demo, or those in `demos` (no image is read); return {demo: T} in numeric demo order.
 
         Checks: state/action present, float, (T, dims), finite; T >= 2 and equal across state,
-        action and every camera; cameras (T, H, W, 3) uint8 with even H, W; `num_samples` == T.
+        action, every camera and every `extra` dataset ({key: width}, checked like the state);
+        cameras (T, H, W, 3) uint8 with even H, W; `num_samples` == T.
         """
-        demos = self.demos
+        every = demos is None
+        demos = self.demos if every else demos
         if not demos:
             raise PosttrainError(f"{self.name}: data: no demos (the file holds no demo_* groups)")
         cameras = list(cameras)
         lengths = {}
         for demo in demos:
-            lengths[demo] = self.check_demo(demo, state_key, action_key, cameras, state_dims, action_dims)
+            lengths[demo] = self.check_demo(demo, state_key, action_key, cameras, state_dims, action_dims, extra)
         total = self.data.attrs.get("total")
-        if total is not None and int(total) != sum(lengths.values()):
+        if every and total is not None and int(total) != sum(lengths.values()):
             # Not fatal: merged or filtered files keep a stale total; nothing reads it.
             log.warning("%s: data: attr total=%s but the demos hold %d samples", self.name, total,
                         sum(lengths.values()))
@@ -202,7 +245,7 @@ class MimicFile:
 
     def check_demo(self, demo: str, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
                    cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
-                   action_dims: int | None = 36) -> int:
+                   action_dims: int | None = 36, extra: dict[str, int] | None = None) -> int:
         """Validate one demo (see `check`); return its length T."""
         action = self._float_matrix(demo, action_key, action_dims)
         state = self._float_matrix(demo, state_key, state_dims)
@@ -219,6 +262,8 @@ class MimicFile:
             self.check_camera(demo, camera, length)
         self._finite(self._read(action, demo, action_key), demo, action_key)
         self._finite(self._read(state, demo, state_key), demo, state_key)
+        for key, width in (extra or {}).items():
+            self.read_matrix(demo, key, width, length)
         return int(length)
 
     # -- reading ------------------------------------------------------------------------------
@@ -234,6 +279,14 @@ class MimicFile:
         state = self._finite(self._read(state_ds, demo, state_key), demo, state_key)
         action = self._finite(self._read(action_ds, demo, action_key), demo, action_key)
         return np.ascontiguousarray(state), np.ascontiguousarray(action)
+
+    def read_matrix(self, demo: str, key: str, width: int, length: int | None = None) -> np.ndarray:
+        """A (T, width) float dataset in its own dtype (float32 or float64: a float64 pose keeps its
+        precision), checked for shape, `length` rows and finite values."""
+        ds = self._float_matrix(demo, key, width)
+        if length is not None and ds.shape[0] != length:
+            raise self.error(f"{demo}/{key}", f"{ds.shape[0]} rows, but the action has {length}")
+        return self._finite(self._read(ds, demo, key), demo, key, ds.dtype)
 
     def camera_shape(self, demo: str, camera: str) -> tuple[int, int, int, int]:
         """(T, H, W, 3) of a camera dataset, checked, without reading it."""

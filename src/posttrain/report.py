@@ -31,7 +31,8 @@ body { font-family: sans-serif; font-size: 14px; margin: 1em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 th { background: #f0f0f0; } td.l, th.l { text-align: left; }
-.fail { color: #b00; font-weight: bold; } .ok { color: #070; }
+.fail { color: #b00; font-weight: bold; } .ok { color: #070; } .warn { color: #a50; font-weight: bold; }
+.banner { border: 2px solid; padding: 0.5em 0.8em; max-width: 60em; }
 </style>"""
 
 
@@ -251,6 +252,12 @@ def video_page(ds: LeRobotDataset, episode_index: int, camera: str | None) -> st
 
 
 # --- evaluation metrics -----------------------------------------------------------------------
+BASELINE_LABELS = {"mean_action": "mean action", "hold_state": "hold current state"}
+WHAT_TO_TRY = ("This is information, not a failure: the workflow succeeded, but this checkpoint is not worth "
+               "deploying as it is. Try a longer training budget (train.max_steps or train.epochs), a lower "
+               "train.state_dropout_prob, or a larger train.preset; see the README on reading the verdict.")
+
+
 def metrics_page(metrics_file: Path) -> str:
     m = read_json(metrics_file)
     methods = [("policy", m["policy"]), ("mean action", m["mean_action"]), ("hold current state", m["hold_state"])]
@@ -262,10 +269,12 @@ def metrics_page(metrics_file: Path) -> str:
     per_episode = [[ep, e["chunks"], e["policy_mse"], e["mean_action_mse"], e["hold_state_mse"]]
                    for ep, e in m["per_episode"].items()]
     lat = m["latency_ms_per_chunk"]
-    body = (f"<p>Checkpoint <code>{html.escape(m['checkpoint'])}</code> (step {fmt(m['step'])}), "
+    body = (verdict_banner(m.get("verdict"))
+            + f"<p>Checkpoint <code>{html.escape(m['checkpoint'])}</code> (step {fmt(m['step'])}), "
             f"{m['num_chunks']} chunks of {m['action_horizon']} steps from held-out episodes "
             f"{m['heldout_episodes']} (stride {m['stride']}). Errors in {html.escape(m['units'])}.</p>"
             + table(["method", "MSE", "MAE", "MSE step 0", f"MSE step {m['action_horizon'] - 1}"], overall)
+            + verdict_tables(m)
             + "<h3>Per action group</h3>" + table(group_header, per_group)
             + "<h3>Per held-out episode (MSE)</h3>"
             + table(["episode", "chunks", "policy", "mean action", "hold state"], per_episode)
@@ -273,6 +282,49 @@ def metrics_page(metrics_file: Path) -> str:
             + table(["mean", "p50", "p90", "batch size"], [[lat["mean"], lat["p50"], lat["p90"], lat["batch_size"]]], 0)
             + "<h3>Baselines</h3>" + table(["baseline", "definition"], [[k, v] for k, v in m["baselines"].items()], 2))
     if m.get("checkpoints"):
-        rows = [[name, s["step"], s["mse"], s["mae"]] for name, s in m["checkpoints"].items()]
-        body += "<h3>All checkpoints</h3>" + table(["checkpoint", "step", "MSE", "MAE"], rows)
+        rows = [[name, s["step"], s["mse"], s["mae"], yes_no(s.get("beats_all_baselines"))]
+                for name, s in m["checkpoints"].items()]
+        body += "<h3>All checkpoints</h3>" + table(["checkpoint", "step", "MSE", "MAE", "beats all baselines"], rows)
     return page("Open-loop evaluation", body)
+
+
+def verdict_banner(verdict: dict | None) -> str:
+    """The page's first line: does the policy beat the baselines? Red when it loses to one overall."""
+    if verdict is None:
+        return ("<p class='banner warn'>No verdict in metrics.json (written by an older posttrain eval): "
+                "re-run the evaluation.</p>")
+    summary = html.escape(verdict["summary"])
+    if not verdict["beats_all_baselines"]:
+        return (f"<div class='banner fail'><p>Warning: the policy does not beat every baseline.</p>"
+                f"<p>{summary}</p><p>{html.escape(WHAT_TO_TRY)}</p></div>")
+    mixed = any(b["steps_won"] < b["steps"] or not all(g["beats"] for g in b["groups"].values())
+                for b in verdict["baselines"].values())
+    return f"<p class='banner {'warn' if mixed else 'ok'}'>{summary}</p>"
+
+
+def verdict_tables(m: dict) -> str:
+    """policy/baseline MSE ratios overall, per horizon step and per action group (< 1: the policy wins)."""
+    verdict = m.get("verdict")
+    if verdict is None:
+        return ""
+    bases = verdict["baselines"]
+    labels = [BASELINE_LABELS.get(n, n) for n in bases]
+    overall = [[BASELINE_LABELS.get(n, n), b["ratio"], yes_no(b["beats"]), f"{b['steps_won']} of {b['steps']}",
+                f"{sum(g['beats'] for g in b['groups'].values())} of {len(b['groups'])}"] for n, b in bases.items()]
+    def pairs(cells):  # (ratio, beats) per baseline -> ratio, yes/no, ratio, yes/no, ...
+        return [x for ratio, beats in cells for x in (ratio, yes_no(beats))]
+    steps = [[i, m["policy"]["mse_per_step"][i]]
+             + pairs((b["ratio_per_step"][i], b["beats_per_step"][i]) for b in bases.values())
+             for i in range(m["action_horizon"])]
+    groups = [[g] + pairs((b["groups"][g]["ratio"], b["groups"][g]["beats"]) for b in bases.values())
+              for g in m["policy"]["groups"]]
+    pair_header = [h for label in labels for h in (f"policy / {label}", "beats")]
+    return ("<h3>Verdict: policy MSE / baseline MSE (below 1: the policy beats the baseline)</h3>"
+            f"<p><small>{html.escape(verdict['rule'])}</small></p>"
+            + table(["baseline", "policy / baseline MSE", "beats", "horizon steps won", "groups won"], overall)
+            + "<h3>Verdict per horizon step</h3>" + table(["step", "policy MSE"] + pair_header, steps)
+            + "<h3>Verdict per action group</h3>" + table(["group"] + pair_header, groups))
+
+
+def yes_no(value: bool | None) -> str | None:
+    return None if value is None else ("yes" if value else "no")

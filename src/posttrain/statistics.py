@@ -10,6 +10,11 @@ subtracted in float32, the interpolation is done in float64 (`_lerp`, with the `
 for t >= 0.5). numpy 2 returns float32 there, which differs from GR00T's files by ~1e-8.
 mean/std are accumulated in float64 over the float32 values (GR00T's float32 accumulator agrees to
 ~1e-7 relative on the golden episode, and drifts on millions of frames; float64 does not).
+
+lerobot semantics (v2.1 `compute_episode_stats`, shared/docs/lerobot_v21_and_video.md §11) for
+episodes_stats.jsonl: per-dimension {min, max, mean, std, count} of each numeric column, min/max in
+the column's own type (ints stay ints, bools stay bools, as numpy's `tolist` gives them to lerobot);
+camera features from a sample of frames (`image_sample_indices`), per channel on [0, 1], shape (3, 1, 1).
 """
 
 from __future__ import annotations
@@ -79,35 +84,107 @@ def feature_stats(values: np.ndarray) -> dict[str, list[float]]:
 def episode_stats(values: np.ndarray) -> dict[str, list]:
     """lerobot v2.1 per-episode stats of one numeric feature: {min, max, mean, std, count} per dim.
 
-    Computed in float64 from the stored values (bools count as 0/1); std is the population std.
+    min/max keep the stored type (an int column's are ints, a bool column's are bools, as lerobot
+    writes them); mean/std are float64 over the stored values (bools count as 0/1), population std.
     """
     x = np.asarray(values)
     if x.ndim == 1:
         x = x[:, None]
-    x = x.astype(np.float64)
+    wide = x.astype(np.float64)
     return {
         "min": x.min(axis=0).tolist(),
         "max": x.max(axis=0).tolist(),
-        "mean": x.mean(axis=0).tolist(),
-        "std": x.std(axis=0).tolist(),
+        "mean": wide.mean(axis=0).tolist(),
+        "std": wide.std(axis=0).tolist(),
         "count": [len(x)],
     }
 
 
+# --- camera features (lerobot's frame sample) ---------------------------------------------------
+IMAGE_MIN_SAMPLES, IMAGE_MAX_SAMPLES, IMAGE_SAMPLE_POWER = 100, 10_000, 0.75
+IMAGE_TARGET_SIDE, IMAGE_DOWNSAMPLE_FROM = 150, 300  # pixels
+
+
+def image_sample_count(length: int) -> int:
+    """How many frames of an episode the camera stats use: every frame up to 100, then
+    max(100, length**0.75) up to 10,000 (lerobot's `estimate_num_samples`: 100 at 500 frames,
+    177 at 1,000, 1,000 at 10,000), so the cost per episode stays bounded."""
+    floor = min(IMAGE_MIN_SAMPLES, length)
+    return max(floor, min(int(length**IMAGE_SAMPLE_POWER), IMAGE_MAX_SAMPLES))
+
+
+def image_sample_indices(length: int) -> list[int]:
+    """The sampled frame indices: evenly spaced over the episode, first and last frame included."""
+    return np.round(np.linspace(0, length - 1, image_sample_count(length))).astype(int).tolist()
+
+
+def downsample_stride(height: int, width: int) -> int:
+    """Pixel stride lerobot applies before the camera stats: frames with a side of 300 px or more
+    are strided down to about 150 px (a 512x512 frame by 3), which leaves mean/std nearly unchanged."""
+    if max(height, width) < IMAGE_DOWNSAMPLE_FROM:
+        return 1
+    return int(max(height, width) / IMAGE_TARGET_SIDE)
+
+
+def image_stats(frames: np.ndarray) -> dict[str, list]:
+    """lerobot per-episode stats of a camera from its sampled (N, H, W, 3) uint8 RGB frames (already
+    strided): per channel over all sampled pixels, on [0, 1], each of shape (3, 1, 1); count = [N]."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
+    axes = (0, 1, 2)
+
+    def per_channel(values: np.ndarray) -> list:
+        return (np.asarray(values, np.float64) / 255.0).reshape(3, 1, 1).tolist()
+
+    return {
+        "min": per_channel(frames.min(axis=axes)),
+        "max": per_channel(frames.max(axis=axes)),
+        "mean": per_channel(frames.mean(axis=axes, dtype=np.float64)),
+        "std": per_channel(frames.std(axis=axes, dtype=np.float64)),
+        "count": [len(frames)],
+    }
+
+
+def check_image_stats(stats, length: int) -> str | None:
+    """What is wrong with one stored camera entry of episodes_stats.jsonl, or None: the keys, the
+    (3, 1, 1) shapes, values in [0, 1] with min <= mean <= max, and the sample count for `length`."""
+    if not isinstance(stats, dict) or set(stats) != {"min", "max", "mean", "std", "count"}:
+        keys = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+        return f"keys {keys}, expected count, max, mean, min, std"
+    try:
+        values = {key: np.asarray(stats[key], dtype=np.float64) for key in ("min", "max", "mean", "std")}
+    except (TypeError, ValueError):
+        return "values are not numbers"
+    for key, value in values.items():
+        if value.shape != (3, 1, 1):
+            return f"{key}: shape {list(value.shape)}, expected [3, 1, 1] (one value per RGB channel)"
+    if not all(((v >= 0) & (v <= 1)).all() for v in values.values()):
+        return "values outside [0, 1] (frames are scaled by 1/255)"
+    if not ((values["min"] <= values["mean"] + 1e-12).all() and (values["mean"] <= values["max"] + 1e-12).all()):
+        return "mean outside [min, max]"
+    expected = image_sample_count(length)
+    if stats["count"] != [expected]:
+        return f"count {stats['count']}, expected [{expected}] sampled frames of {length}"
+    return None
+
+
 def aggregate_episode_stats(per_episode: list[dict[str, list]]) -> dict[str, np.ndarray]:
-    """lerobot's `aggregate_stats` for one feature: count-weighted mean and pooled variance."""
-    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64)
+    """lerobot's `aggregate_stats` for one feature: count-weighted mean and pooled variance.
+
+    Works for any stat shape: (D,) columns and (3, 1, 1) cameras (weighted by sampled frames)."""
     means = np.array([s["mean"] for s in per_episode], dtype=np.float64)
     stds = np.array([s["std"] for s in per_episode], dtype=np.float64)
+    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64).reshape(-1, *[1] * (means.ndim - 1))
     total = counts.sum()
-    mean = (counts[:, None] * means).sum(axis=0) / total
-    var = (counts[:, None] * (stds**2 + (means - mean) ** 2)).sum(axis=0) / total
+    mean = (counts * means).sum(axis=0) / total
+    var = (counts * (stds**2 + (means - mean) ** 2)).sum(axis=0) / total
     return {
         "min": np.min([s["min"] for s in per_episode], axis=0),
         "max": np.max([s["max"] for s in per_episode], axis=0),
         "mean": mean,
         "std": np.sqrt(var),
-        "count": np.array([total]),
+        "count": np.array([int(total)]),
     }
 
 

@@ -4,15 +4,20 @@
   episode) {mean, std, min, max, q01, q99} per dimension over all frames, exact (the math and its
   dtype semantics are in `posttrain.statistics`).
 - `meta/episodes_stats.jsonl`: lerobot v2.1 per-episode {min, max, mean, std, count} of the same
-  numeric columns. Video features are NOT included: lerobot samples decoded frames for them, and
-  this stage never decodes video (cost); lerobot's `aggregate_stats` aggregates whatever keys exist.
+  numeric columns (min/max in the column's type), and of every camera the way lerobot computes them:
+  per RGB channel on frames scaled to [0, 1], shape (3, 1, 1), over a bounded sample of decoded
+  frames (every frame up to 100, then max(100, length**0.75) evenly spaced ones, at most 10,000;
+  sides of 300 px or more strided to ~150 px; `posttrain.statistics.image_sample_indices`). lerobot
+  builds a policy's image normaliser from these entries (ACT, Diffusion: `make_policy` fails without them).
 - `meta/relative_stats.json`: only with `--relative-groups`: stats of action chunks minus the current
   state of the same group, shape (horizon, D) per statistic, as GR00T's `generate_rel_stats`.
   Without relative groups a stale file is removed.
 
-Memory: exact quantiles need every value of a column at once. Only numeric columns are read (never
-video), kept as float32: 4 bytes × (sum of column widths) per frame, 61 values = 244 B/frame for the
-GR1 layout, i.e. about 0.8 GB for 10k episodes × 330 frames, plus one column copy for the partial sort.
+Memory: exact quantiles need every value of a column at once. Only numeric columns are kept, as
+float32: 4 bytes × (sum of column widths) per frame, 61 values = 244 B/frame for the GR1 layout,
+i.e. about 0.8 GB for 10k episodes × 330 frames, plus one column copy for the partial sort. Each
+worker also holds at most FRAME_BATCH decoded frames of one camera (160 MB at 512², 200 frames).
+Time: each camera of each episode is decoded once by ffmpeg (about 0.3 s for 330 frames at 512²).
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ def numeric_columns(dataset: LeRobotDataset, episode_index: int) -> list[str]:
     return statistics.numeric_columns(schema)
 
 
+FRAME_BATCH = 200  # sampled frames decoded per ffmpeg pass (one pass per camera up to ~1,200-frame episodes)
+
+
 @dataclass
 class EpisodeColumns:
     episode_index: int
@@ -71,8 +79,9 @@ class EpisodeColumns:
     stats: dict[str, dict]          # lerobot per-episode stats
 
 
-def read_numeric_episode(dataset: LeRobotDataset, episode: dict, columns: list[str]) -> EpisodeColumns:
-    """One episode's numeric columns, checked: expected row count, width, finite values."""
+def read_episode(dataset: LeRobotDataset, episode: dict, columns: list[str]) -> EpisodeColumns:
+    """One episode's numeric columns, checked (expected row count, width, finite values), and its
+    lerobot per-episode stats (columns and cameras)."""
     ep, length = episode["episode_index"], episode["length"]
     path = dataset.parquet_path(ep)
     try:
@@ -89,8 +98,30 @@ def read_numeric_episode(dataset: LeRobotDataset, episode: dict, columns: list[s
             row = int(np.argwhere(~np.isfinite(array))[0][0])
             raise PosttrainError(f"{path}: episode {ep}: column {name}: non-finite value at frame {row}")
         values[name] = array
-    stats = {name: statistics.episode_stats(array) for name, array in values.items()}
+    stats = {**camera_stats(dataset, episode),
+             **{name: statistics.episode_stats(array) for name, array in values.items()}}
     return EpisodeColumns(ep, values, stats)
+
+
+def camera_stats(dataset: LeRobotDataset, episode: dict) -> dict[str, dict]:
+    """lerobot's per-episode stats of every camera, from its sampled frames (module docstring)."""
+    from posttrain.video import read_frames_at  # only datasets with videos decode anything
+
+    ep, length = episode["episode_index"], episode["length"]
+    indices = statistics.image_sample_indices(length)
+    out = {}
+    for key in dataset.video_keys:
+        path = dataset.video_path(ep, key)
+        sampled = []
+        try:
+            for start in range(0, len(indices), FRAME_BATCH):
+                frames = read_frames_at(path, indices[start:start + FRAME_BATCH])
+                stride = statistics.downsample_stride(*frames.shape[1:3])
+                sampled.append(np.ascontiguousarray(frames[:, ::stride, ::stride]))  # drop the full frames
+        except PosttrainError as err:
+            raise PosttrainError(f"episode {ep}, camera {key}: {err}") from None
+        out[key] = statistics.image_stats(np.concatenate(sampled))
+    return out
 
 
 def read_all(dataset: LeRobotDataset, workers: int) -> tuple[list[str], dict[str, np.ndarray], list[dict]]:
@@ -102,7 +133,7 @@ def read_all(dataset: LeRobotDataset, workers: int) -> tuple[list[str], dict[str
     buffers: dict[str, np.ndarray] = {}
     episode_stats, offset = [], 0
     with ThreadPoolExecutor(max(1, workers)) as pool:  # pyarrow reads release the GIL
-        results = pool.map(lambda e: read_numeric_episode(dataset, e, columns), dataset.episodes)
+        results = pool.map(lambda e: read_episode(dataset, e, columns), dataset.episodes)
         for episode in tqdm(results, total=len(dataset.episodes), desc="stats: read", unit="ep"):
             for name, array in episode.columns.items():
                 if name not in buffers:
@@ -115,6 +146,27 @@ def read_all(dataset: LeRobotDataset, workers: int) -> tuple[list[str], dict[str
             offset += len(next(iter(episode.columns.values())))
             episode_stats.append({"episode_index": episode.episode_index, "stats": episode.stats})
     return columns, buffers, episode_stats
+
+
+def check_episode_list(dataset: LeRobotDataset) -> None:
+    """meta/episodes.jsonl must list every episode on disk, as 0, 1, 2, ... (what verify checks too):
+    stats over a subset would describe other data than the trainer reads."""
+    path = dataset.root / "meta" / "episodes.jsonl"
+    for position, episode in enumerate(dataset.episodes):
+        if episode.get("episode_index") != position:
+            raise PosttrainError(f"{path}: line {position + 1}: episode_index {episode.get('episode_index')!r}, "
+                                 f"expected {position} (episodes are listed in order from 0)")
+    listed = {dataset.parquet_path(e["episode_index"]) for e in dataset.episodes}
+    unlisted = sorted(set(dataset.root.glob("data/*/*.parquet")) - listed)
+    if unlisted:
+        names = ", ".join(str(p.relative_to(dataset.root)) for p in unlisted[:3])
+        raise PosttrainError(f"{path}: lists {len(dataset.episodes)} episodes, but {len(unlisted)} more are on disk "
+                             f"({names}{' ...' if len(unlisted) > 3 else ''}); the dataset is incomplete or stale: "
+                             "convert it again")
+    total = dataset.info.get("total_episodes")
+    if total != len(dataset.episodes):
+        raise PosttrainError(f"{dataset.root / 'meta' / 'info.json'}: total_episodes={total!r}, but {path.name} "
+                             f"lists {len(dataset.episodes)}")
 
 
 # --- relative groups -----------------------------------------------------------------------------
@@ -160,6 +212,7 @@ def compute_relative_stats(dataset: LeRobotDataset, buffers: dict[str, np.ndarra
 def write_stats(root, relative_groups: list[str] = (), action_horizon: int = 16, workers: int = 1) -> None:
     dataset = LeRobotDataset(root)
     meta = dataset.root / "meta"
+    check_episode_list(dataset)
     relative_groups = list(relative_groups)
     if relative_groups:  # fail on a bad group name before the expensive pass
         relative_group_slices(dataset, relative_groups)

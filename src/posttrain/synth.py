@@ -1,4 +1,4 @@
-"""`posttrain synth`: a synthetic GR1 dataset in the exact Isaac Lab Mimic HDF5 schema.
+"""`posttrain synth`: a synthetic GR1 (or G1) dataset in the exact Isaac Lab Mimic HDF5 schema.
 
 The task is a reach that NEEDS VISION. Each episode draws a target position (u, v) in the image
 (a soft red disc); the target is not in the state. The right-arm joint targets (`processed_actions`)
@@ -26,7 +26,23 @@ tells which sim column each joint came from. Joints the policy does not use (leg
 a small constant pose; the mimic finger joints follow their proximal joints, as in the sim.
 
 Images are smooth (background gradient, soft-edged blobs) so that H.264 yuv420p at CRF 18 keeps
-them above 35 dB PSNR, the threshold `posttrain verify` checks.
+them above 35 dB PSNR, the threshold `posttrain verify` checks. They may be non-square (`--image-size
+HxW`): u runs across the width, v down the height, and discs stay round.
+
+`--embodiment g1` writes the Unitree G1 loco-manipulation schema instead (config/embodiments/g1/):
+43-joint `obs/robot_joint_pos` and `processed_actions` (one sim order for both), `obs/` and
+`action/` end-effector poses (`left_eef_pos` (T, 3), `left_eef_quat` (T, 4, wxyz), same for right),
+the teleop commands `action/base_height_cmd` (T, 1), `action/navigate_cmd` (T, 3: vx, vy, yaw rate)
+and `action/torso_orientation_rpy_cmd` (T, 3), and the camera `camera_obs/robot_head_cam_rgb`,
+480 x 640 by default. The task is the same reach that needs vision (targets, jumps, grasp cue), with
+G1 joints; besides the arm, the commands depend on the target too: the robot steps towards each new
+target (a velocity bell in `navigate_cmd`), turns its torso to it (`torso_orientation_rpy_cmd`,
+followed by the waist joints) and squats while it grasps, the lower the target the deeper
+(`base_height_cmd`, followed by hips, knees and ankles). The raw `actions` (T, 35: both hands'
+joints, the commanded eef poses, the teleop commands) is a plausible layout; no converter reads it.
+
+`--motion smooth` (GR1) writes smooth, state-predictable joint motion instead, where holding the
+current state is a strong baseline (see "smooth motion" below).
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,20 +151,24 @@ class SynthEpisode:
     """One generated demo; `targets[t]` is the (u, v) target shown in frame t and used for action t."""
 
     length: int
-    image_size: int
-    targets: np.ndarray            # (T, 2) float64, image fractions
+    height: int                    # camera frame size in pixels
+    width: int
+    targets: np.ndarray            # (T, 2) float64, image fractions (u across the width, v down the height)
     jump_steps: list[int]          # steps at which the target moved
     grasp_start: int               # step the hands start closing
-    state: np.ndarray              # (T, 54) float32  obs/robot_joint_pos
-    processed_actions: np.ndarray  # (T, 36) float32
-    actions: np.ndarray            # (T, 36) float32  raw env action: eef poses (7+7) + 22 hand joints
-    obs: dict[str, np.ndarray] = field(default_factory=dict)  # other float32 policy observations
+    state: np.ndarray              # (T, S) float32  obs/robot_joint_pos
+    processed_actions: np.ndarray  # (T, A) float32
+    actions: np.ndarray            # (T, R) float32  raw env action
+    hand: np.ndarray               # (T, 3) where the hand is drawn (u, v) and how far it has closed (0..1)
+    obs: dict[str, np.ndarray] = field(default_factory=dict)     # other float32 `obs/` datasets
+    action: dict[str, np.ndarray] = field(default_factory=dict)  # float32 `action/` datasets (G1)
+    camera: str = CAMERA
 
     def render(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Camera frames [start, stop) as uint8 (n, S, S, 3)."""
+        """Camera frames [start, stop) as uint8 (n, H, W, 3)."""
         stop = self.length if stop is None else stop
         cue = np.clip((np.arange(start, stop) - (self.grasp_start - GRASP_CUE)) / GRASP_CUE, 0.0, 1.0)
-        return render_frames(self.targets[start:stop], self.state[start:stop], self.image_size, cue)
+        return render_frames(self.targets[start:stop], self.hand[start:stop], self.height, self.width, cue)
 
 
 def _timeline(rng: np.random.Generator, length: int) -> tuple[list[int], int]:
@@ -171,32 +192,88 @@ def _draw_target(rng: np.random.Generator, previous: np.ndarray | None) -> np.nd
     raise AssertionError("no target far enough from the previous one")  # cannot happen in [0.2, 0.8]²
 
 
-def make_episode(seed: int, index: int, min_frames: int, max_frames: int, image_size: int) -> SynthEpisode:
-    """Demo `index` of the file generated with `seed` (each demo has its own generator: [seed, index])."""
-    rng = np.random.default_rng([seed, index])
+@dataclass
+class Plan:
+    """What an episode shows, whatever the robot: its length, targets, their jumps and the grasp."""
+    length: int
+    goals: list[np.ndarray]   # the targets in the order shown
+    starts: list[int]         # the step each goal appears (0, then the jumps)
+    grasp_start: int
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.arange(self.length)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """(T, 2) the target shown at each step."""
+        segment = np.searchsorted(np.array(self.starts), self.steps, side="right") - 1
+        return np.array(self.goals)[segment]
+
+    def ramps(self, goal_values: list[dict[str, float]], rest: dict[str, float]) -> dict[str, np.ndarray]:
+        """Per name, minimum-jerk moves from the previous goal's value (or rest) to each goal's."""
+        out = {}
+        for name, rest_value in rest.items():
+            values = np.empty(self.length)
+            for k, start in enumerate(self.starts):
+                end = self.starts[k + 1] if k + 1 < len(self.starts) else self.length
+                before = rest_value if k == 0 else goal_values[k - 1][name]
+                ramp = min_jerk((self.steps[start:end] - start) / ARM_RAMP)
+                values[start:end] = before + (goal_values[k][name] - before) * ramp
+            out[name] = values
+        return out
+
+    def bells(self) -> np.ndarray:
+        """(T,) 0..1 velocity bells, one ARM_RAMP long after each goal appears (the speed of `ramps`)."""
+        out = np.zeros(self.length)
+        for start in self.starts:
+            x = np.clip((self.steps - start) / ARM_RAMP, 0.0, 1.0)
+            out += 16 * x**2 * (1 - x) ** 2
+        return out
+
+    def closing(self) -> np.ndarray:
+        """(T,) 0 -> 1 from grasp_start over HAND_RAMP steps."""
+        return min_jerk((self.steps - self.grasp_start) / HAND_RAMP)
+
+
+def make_plan(rng: np.random.Generator, min_frames: int, max_frames: int) -> Plan:
     length = int(rng.integers(min_frames, max_frames + 1))
     jumps, grasp_start = _timeline(rng, length)
-    steps = np.arange(length)
-
     goals = [_draw_target(rng, None)]
     for _ in jumps:
         goals.append(_draw_target(rng, goals[-1]))
-    starts = [0, *jumps]
-    segment = np.searchsorted(np.array(starts), steps, side="right") - 1
-    targets = np.array(goals)[segment]
+    return Plan(length, goals, [0, *jumps], grasp_start)
+
+
+def follow(action: np.ndarray, rest_state: np.ndarray, state_columns: np.ndarray,
+           action_columns: np.ndarray) -> np.ndarray:
+    """First-order lag of the state towards the commanded joints; joints without a command stay put."""
+    state = np.tile(rest_state.astype(np.float64), (len(action), 1))
+    for t in range(1, len(action)):
+        previous = state[t - 1, state_columns]
+        state[t, state_columns] = previous + LAG * (action[t - 1, action_columns] - previous)
+    return state
+
+
+def image_size_of(value) -> tuple[int, int]:
+    """`--image-size`: 64 (square) or 48x64 (height x width) -> (height, width)."""
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", str(value).strip())
+    if not match:
+        raise PosttrainError(f"--image-size: expected N or HEIGHTxWIDTH (e.g. 480x640), got {value!r}")
+    return int(match[1]), int(match[2] or match[1])
+
+
+def make_episode(seed: int, index: int, min_frames: int, max_frames: int, image_size) -> SynthEpisode:
+    """GR1 demo `index` of the file generated with `seed` (each demo has its own generator: [seed, index])."""
+    rng = np.random.default_rng([seed, index])
+    plan = make_plan(rng, min_frames, max_frames)
+    length, steps, targets = plan.length, plan.steps, plan.targets
 
     # Commanded right arm: ramps from the previous goal (or rest) to the current one.
     rest_right = {n: REST_POSE.get(n, 0.0) for n in right_arm_targets(np.zeros(1), np.zeros(1))}
-    goal_joints = [right_arm_targets(np.float64(u), np.float64(v)) for u, v in goals]
-    command: dict[str, np.ndarray] = {}
-    for name, rest in rest_right.items():
-        values = np.empty(length)
-        for k, start in enumerate(starts):
-            end = starts[k + 1] if k + 1 < len(starts) else length
-            before = rest if k == 0 else goal_joints[k - 1][name]
-            ramp = min_jerk((steps[start:end] - start) / ARM_RAMP)
-            values[start:end] = before + (goal_joints[k][name] - before) * ramp
-        command[name] = values
+    command = plan.ramps([right_arm_targets(np.float64(u), np.float64(v)) for u, v in plan.goals], rest_right)
 
     # Left arm: a damped echo of the right arm's motion; the signs keep it in the golden episode's ranges.
     for joint in _ARM:
@@ -205,7 +282,7 @@ def make_episode(seed: int, index: int, min_frames: int, max_frames: int, image_
         command[f"left_{joint}_joint"] = REST_POSE.get(f"left_{joint}_joint", 0.0) + 0.15 * sign * right
 
     # Hands: thumbs up from the start, fingers close from grasp_start (the left hand only a little).
-    close = min_jerk((steps - grasp_start) / HAND_RAMP)
+    close = min_jerk((steps - plan.grasp_start) / HAND_RAMP)
     for side, scale in (("R", 1.0), ("L", 0.15)):
         for finger, amount in zip(_FINGERS, (-0.5, -0.55, -0.5, -0.6)):
             command[f"{side}_{finger}_proximal_joint"] = scale * amount * close
@@ -219,21 +296,21 @@ def make_episode(seed: int, index: int, min_frames: int, max_frames: int, image_
     for name, values in command.items():
         action[:, ACTION_COLUMNS[name]] = values
     # First-order lag on every commanded joint; joints without a command (legs, waist, head) stay put.
-    state = np.tile(REST_STATE.astype(np.float64), (length, 1))
-    commanded = np.array([STATE_COLUMNS[n] for n in ACTION_COLUMNS])
-    from_action = np.array([ACTION_COLUMNS[n] for n in ACTION_COLUMNS])
-    for t in range(1, length):
-        previous = state[t - 1, commanded]
-        state[t, commanded] = previous + LAG * (action[t - 1, from_action] - previous)
+    state = follow(action, REST_STATE, np.array([STATE_COLUMNS[n] for n in ACTION_COLUMNS]),
+                   np.array([ACTION_COLUMNS[n] for n in ACTION_COLUMNS]))
 
     state += INDEX_OFFSET * np.arange(state.shape[1])
     action += INDEX_OFFSET * np.arange(action.shape[1])
     state, action = state.astype(np.float32), action.astype(np.float32)
 
-    obs = _observations(state)
-    return SynthEpisode(length=length, image_size=image_size, targets=targets, jump_steps=list(jumps),
-                        grasp_start=grasp_start, state=state, processed_actions=action,
-                        actions=_raw_actions(targets, action), obs=obs)
+    hand_u, hand_v = hand_position_in_image(state)
+    closing = np.clip(-(state[:, STATE_COLUMNS["R_index_proximal_joint"]]
+                        - INDEX_OFFSET * STATE_COLUMNS["R_index_proximal_joint"]) / 0.6, 0, 1)
+    height, width = image_size_of(image_size)
+    return SynthEpisode(length=length, height=height, width=width, targets=targets, jump_steps=plan.starts[1:],
+                        grasp_start=plan.grasp_start, state=state, processed_actions=action,
+                        actions=_raw_actions(targets, action), hand=np.stack([hand_u, hand_v, closing], axis=1),
+                        obs=_observations(state))
 
 
 def _eef(u: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
@@ -242,9 +319,10 @@ def _eef(u: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
     return np.stack([0.25 + 0.15 * (1 - v), y, 0.05 + 0.1 * (1 - v)], axis=1)
 
 
-def _quat(n: int, tilt: float) -> np.ndarray:
-    """(n, 4) unit quaternions, wxyz as Isaac Lab writes them."""
-    q = np.tile([np.cos(tilt / 2), 0.0, np.sin(tilt / 2), 0.0], (n, 1))
+def _quat(n: int, tilt) -> np.ndarray:
+    """(n, 4) unit quaternions about y by `tilt` (a number or (n,) radians), wxyz as Isaac Lab writes them."""
+    tilt = np.broadcast_to(np.asarray(tilt, np.float64), (n,))
+    q = np.stack([np.cos(tilt / 2), np.zeros(n), np.sin(tilt / 2), np.zeros(n)], axis=1)
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
@@ -273,33 +351,230 @@ def _observations(state: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _soft_disc(xx, yy, cx, cy, radius, edge):
-    """Coverage 0..1 of a disc with a smooth (smoothstep) edge `edge` wide (all in image fractions)."""
-    d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+# --- Unitree G1 (loco-manipulation) ----------------------------------------------------------------
+
+G1_ENV_NAME = "Isaac-G1-Synthetic-LocoManip-v0"
+_G1 = load_embodiment("g1")
+G1_CAMERA = next(iter(_G1.cameras))                 # robot_head_cam_rgb, as config/embodiments/g1 declares
+G1_COLUMNS: dict[str, int] = _G1.state_joints      # one 43-joint sim order for state and action
+G1_IMAGE_SIZE = (480, 640)
+G1_ARM = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
+G1_MIRRORED = ("shoulder_roll", "shoulder_yaw", "wrist_roll", "wrist_yaw")  # opposite signs left and right
+# Standing pose (the golden G1 episode's first state): everything not listed is 0.
+G1_REST_POSE = {f"{side}_{joint}_joint": value for side in _SIDES
+                for joint, value in (("hip_pitch", -0.1), ("knee", 0.3), ("ankle_pitch", -0.2))}
+G1_REST = _vector(G1_REST_POSE, G1_COLUMNS).astype(np.float32)    # state[0] = processed_actions[0], offsets aside
+# Dex3 hands closed (right; the left hand mirrors it, a little)
+G1_GRASP = {"index_0": 0.9, "index_1": 1.0, "middle_0": 0.9, "middle_1": 1.0,
+            "thumb_0": 0.3, "thumb_1": -0.5, "thumb_2": -0.6}
+G1_HEIGHT = 0.75      # base_height_cmd standing, metres
+
+
+def g1_goal_commands(u: float, v: float) -> dict[str, float]:
+    """Right arm and torso (waist) targets for a target at image position (u, v): the arm reaches,
+    the torso turns and leans to it. In the golden G1 episode's ranges."""
+    return {
+        "right_shoulder_pitch_joint": -0.15 - 0.6 * (1 - v),
+        "right_shoulder_roll_joint": -0.05 - 0.4 * u,
+        "right_shoulder_yaw_joint": -0.15 + 0.15 * u - 0.05 * v,
+        "right_elbow_joint": 0.3 + 0.8 * v * (0.5 + 0.5 * u),
+        "right_wrist_roll_joint": 0.1 * u,
+        "right_wrist_pitch_joint": -0.3 + 0.25 * (u - v),
+        "right_wrist_yaw_joint": 0.05 + 0.1 * (v - 0.5),
+        "waist_roll_joint": 0.08 * (u - 0.5),
+        "waist_pitch_joint": 0.02 + 0.1 * (v - 0.5),
+        "waist_yaw_joint": 0.3 * (u - 0.5),
+    }
+
+
+def g1_hand_in_image(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the right hand appears for G1 joint vectors (T, 43), state or action: the inverse of
+    `g1_goal_commands` on the shoulder pitch and roll (the standing pose lies off the image)."""
+    pitch, roll = (joints[:, G1_COLUMNS[n]] - INDEX_OFFSET * G1_COLUMNS[n]
+                   for n in ("right_shoulder_pitch_joint", "right_shoulder_roll_joint"))
+    return (-0.05 - roll) / 0.4, 1 + (pitch + 0.15) / 0.6
+
+
+def _g1_eef(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """(position (T, 3), wxyz quaternion (T, 4)) of a hand for G1 joint vectors, base frame."""
+    u, v = g1_hand_in_image(joints)
+    if side == "left":  # the left hand moves a little, as the left arm echoes the right one
+        u, v = 0.5 - 0.15 * (u - 0.5), 1.2 + 0.15 * (v - 1.2)
+    y = -0.12 - 0.15 * u if side == "right" else 0.12 + 0.05 * u
+    position = np.stack([0.2 + 0.15 * (1 - v), y, 0.05 + 0.15 * (1 - v)], axis=1)
+    column = G1_COLUMNS[f"{side}_wrist_pitch_joint"]
+    return position, _quat(len(joints), joints[:, column] - INDEX_OFFSET * column)
+
+
+def make_g1_episode(seed: int, index: int, min_frames: int, max_frames: int, image_size=G1_IMAGE_SIZE) -> SynthEpisode:
+    """G1 demo `index` of the file generated with `seed`: the GR1 task (same targets, jumps and grasp
+    for the same seed), with G1 joints, eef poses and teleop commands."""
+    rng = np.random.default_rng([seed, index])
+    plan = make_plan(rng, min_frames, max_frames)
+    targets, close = plan.targets, plan.closing()
+    goals = [g1_goal_commands(float(u), float(v)) for u, v in plan.goals]
+    command = plan.ramps(goals, {name: G1_REST_POSE.get(name, 0.0) for name in goals[0]})
+    for joint in G1_ARM:  # left arm: a damped echo of the right one
+        sign = -1.0 if joint in G1_MIRRORED else 1.0
+        command[f"left_{joint}_joint"] = 0.15 * sign * command[f"right_{joint}_joint"]
+    for finger, amount in G1_GRASP.items():
+        command[f"right_hand_{finger}_joint"] = amount * close
+        command[f"left_hand_{finger}_joint"] = -0.15 * amount * close
+    # Teleop: a step towards each new target, a squat while grasping (deeper for a lower target).
+    bell = plan.bells()
+    u, v = targets[:, 0], targets[:, 1]
+    navigate = np.stack([0.3 * (1 - v) * bell, -0.15 * (u - 0.5) * bell, -0.6 * (u - 0.5) * bell], axis=1)
+    base_height = G1_HEIGHT - close * (0.08 + 0.08 * v)
+    drop = G1_HEIGHT - base_height
+    for side, mirror in (("left", 1.0), ("right", -1.0)):  # the legs follow the commands
+        command[f"{side}_hip_pitch_joint"] = -0.1 - 2.5 * drop
+        command[f"{side}_knee_joint"] = 0.3 + 5.0 * drop
+        command[f"{side}_ankle_pitch_joint"] = -0.2 - 2.5 * drop
+        command[f"{side}_hip_yaw_joint"] = 0.4 * navigate[:, 2]
+        command[f"{side}_hip_roll_joint"] = 0.3 * navigate[:, 1] + mirror * 0.2 * drop
+        command[f"{side}_ankle_roll_joint"] = -0.3 * navigate[:, 1] - mirror * 0.2 * drop
+
+    action = np.tile(G1_REST.astype(np.float64), (plan.length, 1))
+    for name, values in command.items():
+        action[:, G1_COLUMNS[name]] = values
+    every = np.arange(len(G1_COLUMNS))
+    state = follow(action, G1_REST, every, every)
+    state += INDEX_OFFSET * every
+    action += INDEX_OFFSET * every
+    state, action = state.astype(np.float32), action.astype(np.float32)
+
+    torso = np.stack([command[f"waist_{axis}_joint"] for axis in ("roll", "pitch", "yaw")], axis=1)
+    teleop = {"base_height_cmd": base_height[:, None], "navigate_cmd": navigate, "torso_orientation_rpy_cmd": torso}
+    obs, commanded = {}, {}
+    for side in _SIDES:
+        obs[f"{side}_eef_pos"], obs[f"{side}_eef_quat"] = _g1_eef(state, side)
+        commanded[f"{side}_eef_pos"], commanded[f"{side}_eef_quat"] = _g1_eef(action, side)
+    obs.update(_g1_root(navigate))
+    hands = action[:, [G1_COLUMNS[n] for n in G1_COLUMNS if "_hand_" in n]]
+    raw = np.concatenate([hands, *commanded.values(), navigate, base_height[:, None], torso], axis=1)
+
+    hand_u, hand_v = g1_hand_in_image(state)
+    column = G1_COLUMNS["right_hand_index_0_joint"]
+    closing = np.clip((state[:, column] - INDEX_OFFSET * column) / G1_GRASP["index_0"], 0, 1)
+    height, width = image_size_of(image_size)
+    return SynthEpisode(length=plan.length, height=height, width=width, targets=targets, jump_steps=plan.starts[1:],
+                        grasp_start=plan.grasp_start, state=state, processed_actions=action,
+                        actions=raw.astype(np.float32), hand=np.stack([hand_u, hand_v, closing], axis=1),
+                        obs=_float32(obs), action=_float32({**commanded, **teleop}), camera=G1_CAMERA)
+
+
+def _float32(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """As Isaac Lab records them."""
+    return {key: np.asarray(values, np.float32) for key, values in group.items()}
+
+
+def _g1_root(navigate: np.ndarray, dt: float = 0.02) -> dict[str, np.ndarray]:
+    """robot_root_pos / robot_root_rot (wxyz) from integrating the navigate command (vx, vy, yaw rate)."""
+    yaw = np.concatenate([[0.0], np.cumsum(navigate[:-1, 2] * dt)])
+    vx, vy = navigate[:, 0], navigate[:, 1]
+    step = np.stack([vx * np.cos(yaw) - vy * np.sin(yaw), vx * np.sin(yaw) + vy * np.cos(yaw)], axis=1) * dt
+    xy = np.concatenate([[[0.0, 0.0]], np.cumsum(step[:-1], axis=0)])
+    position = np.c_[xy, np.full(len(yaw), 0.793)]
+    rotation = np.stack([np.cos(yaw / 2), np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2)], axis=1)
+    return {"robot_root_pos": position, "robot_root_rot": rotation}
+
+
+# --- smooth motion (`--motion smooth`, GR1) --------------------------------------------------------
+# State-predictable data, where holding the current state is a strong baseline: the opposite of the
+# reach above, which needs the camera. Every demo performs one task motion: each commanded joint
+# follows SMOOTH_HARMONICS sines of the task phase (0 -> 1 over the demo), their amplitudes and
+# phases drawn once per seed, scaled per demo (gain, phase shift), plus a slower sine of the demo's
+# own (the variation between demos, which the state does not tell). The action is the joint position
+# SMOOTH_LOOKAHEAD steps ahead (a position target leading the joints), so at 50 fps a 16-step chunk
+# moves little. The camera shows the hand (from the state) and a fixed disc: nothing the state does
+# not tell. tests/test_recipe.py trains the default recipe on it.
+
+SMOOTH_ENV_NAME = "Isaac-GR1T2-Synthetic-Smooth-v0"
+SMOOTH_HARMONICS = 3
+SMOOTH_LOOKAHEAD = 4          # steps the action leads the state (80 ms at 50 fps)
+SMOOTH_VARIATION = 0.4        # amplitude of the demo's own sine, relative to the task's first harmonic
+SMOOTH_CENTER = {"right_shoulder_pitch_joint": -0.6, "right_shoulder_roll_joint": 0.0}  # keeps the hand in view
+SMOOTH_DISC = (0.5, 0.25)     # where the (static, uninformative) target disc is drawn
+
+
+def smooth_task(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per GR1 action joint: (amplitudes, phases) of the task's harmonics, shared by every demo of `seed`."""
+    rng = np.random.default_rng([seed])
+    task = {}
+    for name in sorted(ACTION_COLUMNS):
+        scale = 0.12 if name[:2] in ("L_", "R_") else 0.25  # hand joints move less than arm joints
+        amplitudes = scale * rng.uniform(0.3, 1.0, SMOOTH_HARMONICS) / np.arange(1, SMOOTH_HARMONICS + 1)
+        task[name] = (amplitudes, rng.uniform(0, 2 * np.pi, SMOOTH_HARMONICS))
+    return task
+
+
+def make_smooth_episode(seed: int, index: int, min_frames: int, max_frames: int, image_size) -> SynthEpisode:
+    """GR1 demo `index` of the smooth-motion file generated with `seed` (generator [seed, index])."""
+    rng = np.random.default_rng([seed, index])
+    length = int(rng.integers(min_frames, max_frames + 1))
+    gain, shift, frequency = rng.uniform(0.8, 1.2), rng.uniform(-0.05, 0.05), rng.uniform(1.0, 2.0)
+    phase = np.arange(length + SMOOTH_LOOKAHEAD) / length + shift  # past the end: the last steps' actions
+    harmonics = np.arange(1, SMOOTH_HARMONICS + 1)
+    state = np.tile(REST_STATE.astype(np.float64), (length, 1))
+    action = np.zeros((length, len(ACTION_COLUMNS)))
+    for name, (amplitudes, phases) in smooth_task(seed).items():
+        task = np.sin(2 * np.pi * phase[:, None] * harmonics + phases) @ amplitudes
+        own = SMOOTH_VARIATION * amplitudes[0] * np.sin(2 * np.pi * frequency * phase + rng.uniform(0, 2 * np.pi))
+        joint = SMOOTH_CENTER.get(name, REST_ACTION[ACTION_COLUMNS[name]]) + gain * task + own
+        state[:, STATE_COLUMNS[name]] = joint[:length]
+        action[:, ACTION_COLUMNS[name]] = joint[SMOOTH_LOOKAHEAD:]
+    state += INDEX_OFFSET * np.arange(state.shape[1])
+    action += INDEX_OFFSET * np.arange(action.shape[1])
+    state, action = state.astype(np.float32), action.astype(np.float32)
+    targets = np.tile(SMOOTH_DISC, (length, 1))
+    hand_u, hand_v = hand_position_in_image(state)
+    height, width = image_size_of(image_size)
+    return SynthEpisode(length=length, height=height, width=width, targets=targets, jump_steps=[],
+                        grasp_start=length + GRASP_CUE,  # no grasp cue: the disc stays red
+                        state=state, processed_actions=action, actions=_raw_actions(targets, action),
+                        hand=np.stack([hand_u, hand_v, np.zeros(length)], axis=1), obs=_observations(state))
+
+
+MOTIONS = ("reach", "smooth")  # --motion: the vision-dependent reach (default), or smooth motion (GR1)
+
+
+EMBODIMENTS = {  # --embodiment -> (episode maker, env name, default image size)
+    "gr1": (make_episode, ENV_NAME, 128),
+    "g1": (make_g1_episode, G1_ENV_NAME, G1_IMAGE_SIZE),
+}
+
+
+# --- images and files ----------------------------------------------------------------------------
+
+def _soft_disc(xx, yy, cx, cy, radius, edge, aspect=1.0):
+    """Coverage 0..1 of a disc with a smooth (smoothstep) edge `edge` wide (image-height units; u is
+    scaled by `aspect` = width / height, so that the disc stays round in a non-square image)."""
+    d = np.sqrt(((xx - cx) * aspect) ** 2 + (yy - cy) ** 2)
     x = np.clip((radius + edge / 2 - d) / edge, 0.0, 1.0)
     return x * x * (3 - 2 * x)
 
 
-def render_frames(targets: np.ndarray, state: np.ndarray, size: int, grasp_cue: np.ndarray) -> np.ndarray:
-    """Frames for targets (n, 2), states (n, 54) and grasp cues (n,) in 0..1: table gradient, a
-    target that turns from red to green as the cue rises, grey hand blob."""
-    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+def render_frames(targets: np.ndarray, hand: np.ndarray, height: int, width: int,
+                  grasp_cue: np.ndarray) -> np.ndarray:
+    """Frames for targets (n, 2), hands (n, 3: u, v, closing) and grasp cues (n,) in 0..1: table
+    gradient, a target that turns from red to green as the cue rises, grey hand blob."""
+    ys = (np.arange(height, dtype=np.float32) + 0.5) / height
+    xs = (np.arange(width, dtype=np.float32) + 0.5) / width
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    aspect = width / height
     top, bottom = np.array([150, 165, 180], np.float32), np.array([105, 92, 80], np.float32)
     background = top + (bottom - top) * yy[..., None] + 12 * (xx[..., None] - 0.5)
     red, green = np.array([195, 60, 50], np.float32), np.array([50, 190, 60], np.float32)
     grey = np.array([55, 58, 66], np.float32)
-    edge = max(3.0, 0.07 * size) / size  # soft edges survive 4:2:0 chroma subsampling
-    hand_u, hand_v = hand_position_in_image(state)
-    closing = np.clip(-(state[:, STATE_COLUMNS["R_index_proximal_joint"]]
-                        - INDEX_OFFSET * STATE_COLUMNS["R_index_proximal_joint"]) / 0.6, 0, 1)
-    frames = np.empty((len(targets), size, size, 3), np.uint8)
+    edge = max(3.0, 0.07 * height) / height  # soft edges survive 4:2:0 chroma subsampling
+    frames = np.empty((len(targets), height, width, 3), np.uint8)
     for i, (u, v) in enumerate(targets):
         image = background.copy()
-        alpha = _soft_disc(xx, yy, u, v, 0.09, edge)[..., None]
+        alpha = _soft_disc(xx, yy, u, v, 0.09, edge, aspect)[..., None]
         image += (red + (green - red) * grasp_cue[i] - image) * alpha
-        hand = 0.55 * _soft_disc(xx, yy, hand_u[i], hand_v[i], 0.07 * (1 - 0.3 * closing[i]), 2 * edge)[..., None]
-        image += (grey - image) * hand
+        hand_u, hand_v, closing = hand[i]
+        blob = _soft_disc(xx, yy, hand_u, hand_v, 0.07 * (1 - 0.3 * closing), 2 * edge, aspect)
+        image += (grey - image) * (0.55 * blob)[..., None]
         frames[i] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     return frames
 
@@ -309,7 +584,7 @@ def write_demo(group: h5py.Group, episode: SynthEpisode, seed: int) -> None:
     def dataset(name, values):
         group.create_dataset(name, data=values, compression="gzip")
 
-    t, size = episode.length, episode.image_size
+    t = episode.length
     group.attrs["num_samples"] = t
     group.attrs["seed"] = seed
     group.attrs["success"] = True
@@ -320,51 +595,72 @@ def write_demo(group: h5py.Group, episode: SynthEpisode, seed: int) -> None:
     dataset("obs/actions", last_action)
     for key, values in episode.obs.items():
         dataset(f"obs/{key}", values)
+    for key, values in episode.action.items():
+        dataset(f"action/{key}", values)
     # h5py's own chunk guess, as Isaac Lab's `create_dataset(data=..., compression="gzip")` gets it
     # (e.g. (21, 64, 64, 1) at 330 × 512²): readers and benchmarks see the layout of real files.
-    frames = group.create_dataset(f"camera_obs/{CAMERA}", shape=(t, size, size, 3), dtype=np.uint8,
-                                  chunks=True, compression="gzip")
+    frames = group.create_dataset(f"camera_obs/{episode.camera}", shape=(t, episode.height, episode.width, 3),
+                                  dtype=np.uint8, chunks=True, compression="gzip")
     for start in range(0, t, WRITE_BATCH):
         stop = min(start + WRITE_BATCH, t)
         frames[start:stop] = episode.render(start, stop)
 
 
 def write_synthetic(path: str | os.PathLike, episodes: int = 12, min_frames: int = 60, max_frames: int = 100,
-                    image_size: int = 128, seed: int = 0, progress: bool = True) -> Path:
-    """Write the synthetic Mimic HDF5 to `path` (via a temporary file renamed at the end)."""
+                    image_size=None, seed: int = 0, progress: bool = True, embodiment: str = "gr1",
+                    motion: str = "reach") -> Path:
+    """Write the synthetic Mimic HDF5 to `path` (via a temporary file renamed at the end).
+    `image_size`: N (square) or (height, width) or "HxW"; None: the embodiment's camera (GR1 128², G1 480x640)."""
     path = Path(path)
+    if embodiment not in EMBODIMENTS:
+        raise PosttrainError(f"{path}: --embodiment must be one of {', '.join(EMBODIMENTS)}, got {embodiment!r}")
+    make, env_name, default_size = EMBODIMENTS[embodiment]
+    if motion not in MOTIONS or (motion == "smooth" and embodiment != "gr1"):
+        raise PosttrainError(f"{path}: --motion must be one of {', '.join(MOTIONS)} (smooth: --embodiment gr1 "
+                             f"only), got {motion!r} with --embodiment {embodiment}")
+    if motion == "smooth":
+        make, env_name = make_smooth_episode, SMOOTH_ENV_NAME
     if episodes < 1:
         raise PosttrainError(f"{path}: --episodes must be >= 1, got {episodes}")
     if not 2 <= min_frames <= max_frames:
         raise PosttrainError(f"{path}: need 2 <= --min-frames <= --max-frames, got {min_frames}, {max_frames}")
-    if image_size < 16 or image_size % 2:
-        raise PosttrainError(f"{path}: --image-size must be even and >= 16, got {image_size}")
+    height, width = image_size_of(default_size if image_size is None else image_size)
+    if min(height, width) < 16 or height % 2 or width % 2:
+        raise PosttrainError(f"{path}: --image-size sides must be even and >= 16, got {height}x{width}")
     total = 0
     try:
         with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
-            data.attrs["env_args"] = json.dumps({"env_name": ENV_NAME, "type": 2})
+            data.attrs["env_args"] = json.dumps({"env_name": env_name, "type": 2})
             for i in tqdm(range(episodes), desc="synth", unit="demo", disable=not progress):
-                episode = make_episode(seed, i, min_frames, max_frames, image_size)
+                episode = make(seed, i, min_frames, max_frames, (height, width))
                 write_demo(data.create_group(f"demo_{i}"), episode, seed)
                 total += episode.length
             data.attrs["total"] = total
     except OSError as err:
         raise PosttrainError(f"{path}: cannot write ({' '.join(str(err).split())})") from None
-    log.info("%s: %d demos, %d steps, %dx%d images", path, episodes, total, image_size, image_size)
+    log.info("%s: %s, %d demos, %d steps, %dx%d images", path, embodiment, episodes, total, height, width)
     return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, help="HDF5 file to write")
+    parser.add_argument("--embodiment", default="gr1", choices=list(EMBODIMENTS),
+                        help="gr1 (default): GR1 arms and hands; g1: Unitree G1 loco-manipulation schema")
     parser.add_argument("--episodes", type=int, default=12, help="number of demos (default 12)")
     parser.add_argument("--min-frames", type=int, default=60, help="shortest demo, in steps (default 60)")
     parser.add_argument("--max-frames", type=int, default=100, help="longest demo, in steps (default 100)")
-    parser.add_argument("--image-size", type=int, default=128, help="square camera size in pixels (default 128)")
+    parser.add_argument("--image-size", default=None, metavar="N|HxW",
+                        help="camera size in pixels: N (square) or HEIGHTxWIDTH, e.g. 48x64 (default: the "
+                             "embodiment's, gr1 128, g1 480x640)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the output is a function of it")
+    parser.add_argument("--motion", default="reach", choices=MOTIONS,
+                        help="reach (default): a reach that needs the camera; smooth: smooth, state-predictable "
+                             "joint motion where holding the state is a strong baseline (gr1)")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_synthetic(args.output, args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed)
+    write_synthetic(args.output, args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed,
+                    embodiment=args.embodiment, motion=args.motion)
     return 0

@@ -17,18 +17,26 @@ Checks (names as they appear in the report):
   finite           no NaN/inf in any numeric column
   video_frames     decoded frames == rows for every camera; size and fps == info.json
   stats_json       meta/stats.json == statistics recomputed from the parquet files (stale file caught)
-  episodes_stats   meta/episodes_stats.jsonl line == recomputed per-episode stats
+  episodes_stats   meta/episodes_stats.jsonl line == recomputed per-episode stats of the numeric columns;
+                   each camera's entry is checked for form (not re-decoded): (3, 1, 1) values in [0, 1],
+                   min <= mean <= max, and the sample count lerobot's rule gives for the episode length
   relative_stats   meta/relative_stats.json (if present) == recomputed, groups and horizon from the file
   with --source (meta/source.json says which demo each episode came from and how):
   source_length    HDF5 demo length == source_frames == rows + 1
   source_state     observation.state == remapped HDF5 state[:-1] (float32, |diff| <= 1e-6)
   source_action    action == remapped HDF5 action[:-1]
-  video_psnr       --sampled-frames evenly spaced decoded frames vs the HDF5 frames (frames[1:] for
-                   drop_frame "first", [:-1] for "last"), PSNR >= --min-psnr-db
-  video_alignment  those frames match their own HDF5 frame at least as well as the one before or after
-                   (catches an off-by-one frame shift, which smooth footage passes at 35 dB)
+  video_psnr       --sampled-frames evenly spaced decoded frames and their neighbours vs the HDF5
+                   frames they show (frames[1:] for drop_frame "first", [:-1] for "last"), each HDF5
+                   frame first converted to yuv420p and back as the encoder does it (chroma
+                   subsampling is not a fault). Their pooled PSNR must reach --min-psnr-db, or, on
+                   texture where x264 itself keeps less, ENCODER_MARGIN_DB below what x264 keeps of
+                   the same HDF5 frames encoded again with the video's own settings (read from the
+                   x264 record in the file); no single frame more than FRAME_SLACK_DB below that
+  video_alignment  those frames do not match the HDF5 frame before or after their own better (pooled)
+                   by more than ALIGNMENT_MARGIN_DB (catches an off-by-one frame shift, which smooth
+                   footage passes at 35 dB; needs some motion in the sampled frames)
 Memory: the numeric columns of all episodes as float32 (as `posttrain stats`), for the stats
-recomputation; videos are decoded a few sampled frames at a time.
+recomputation; videos are decoded a few sampled frames at a time (3 x --sampled-frames per camera).
 A per-episode check appears in the report once as a summary (episode null) plus once per failed
 episode. Identical frames have infinite PSNR; they are reported as 100 dB (JSON has no infinity).
 
@@ -46,6 +54,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -57,13 +66,27 @@ from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, write_json_atomic
 from posttrain.lerobot import LeRobotDataset, column_to_numpy, read_json, read_jsonl
 
+if TYPE_CHECKING:
+    from posttrain.video import VideoSettings
+
 log = logging.getLogger(__name__)
 
 TIMESTAMP_TOLERANCE_S = 1e-4
 SOURCE_TOLERANCE = 1e-6
 STATS_RTOL, STATS_ATOL = 1e-5, 1e-6
 PSNR_CAP_DB = 100.0
-ALIGNMENT_MARGIN_DB = 0.1  # shifted frames must be clearly better, not better by encoder noise
+# Pooled over the compared frames, a valid video keeps at most ~2.5 dB less than x264 keeps when it
+# encodes the same HDF5 frames again (measured: noise, checkerboards, text, synthetic footage, presets
+# ultrafast..slower, CRF 18-28); a wrong episode or a one-frame shift costs 10 dB or more.
+ENCODER_MARGIN_DB = 4.0
+# One frame may fall this far below the pooled threshold: I, P and B frames of one valid video, and
+# frames of unequal texture, differ (measured: up to 5.5 dB on a checkerboard that changes colour
+# every frame); a frame further down is damaged.
+FRAME_SLACK_DB = 8.0
+# A neighbouring HDF5 frame must match this much better (pooled) to call a shift: x264's skipped
+# blocks repeat the previous frame, so a valid video can lean towards a neighbour by a few tenths
+# of a dB (measured: up to 0.4); a real shift on moving footage costs several dB.
+ALIGNMENT_MARGIN_DB = 1.0
 CONTACT_SHEET_COLUMNS = 6
 PREVIEW_SIZE = 160  # pixels, longest side of a contact sheet frame
 REPORT, FAILED_REPORT = "report.json", "report.failed.json"
@@ -83,6 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from posttrain.files import claim_directory
+    claim_directory(args.output, "verify", inputs=[args.dataset, args.source])  # only ever our own VERIFY_DIR
     report = verify(Path(args.dataset), args.output, source=args.source, min_psnr_db=args.min_psnr_db,
                     sampled_frames=args.sampled_frames, preview_episodes=args.preview_episodes,
                     workers=args.workers)
@@ -104,7 +129,9 @@ class EpisodeResult:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     numeric: dict[str, np.ndarray] | None = None  # (T, D) float32 columns, None when the parquet is unreadable
     episode_stats: dict[str, dict] | None = None   # lerobot per-episode stats from the stored dtypes
-    psnr: list[float] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)          # per sampled frame and camera
+    encoder_psnr: list[float] = field(default_factory=list)  # per camera: x264's own round trip
+    thresholds: list[float] = field(default_factory=list)    # per camera: the video_psnr threshold used
 
     def check(self, name: str, passed: bool, detail: str = "ok") -> bool:
         self.checks.append((name, bool(passed), detail))
@@ -347,55 +374,145 @@ class SourceCheck:
         self.check_psnr(ctx, result, demo, length)
 
     def check_psnr(self, ctx: Context, result: EpisodeResult, demo: str, length: int) -> None:
-        """PSNR of sampled frames, and that they align with their HDF5 frame better than with its neighbours.
-
-        On smooth footage a frame shifted by one step can still exceed the PSNR threshold (the
-        synthetic data does), so a wrong drop_frame would pass the threshold alone: the alignment
-        test compares the mean PSNR at shift 0 with shifts -1 and +1 over the samples that have both
-        neighbours (a static scene ties, which passes).
-        """
-        from posttrain.video import psnr, read_frames_at
-        offset = 1 if self.source["drop_frame"] == "first" else 0  # video frame j = HDF5 frame j + offset
-        samples = [int(j) for j in np.unique(np.linspace(0, length - 1, max(1, ctx.sampled_frames)).round())]
-        total = length + 1  # recorded HDF5 frames
-        threshold_problems, alignment_problems = [], []
+        """Sampled decoded frames against their HDF5 frames: close enough, and not one frame off."""
+        from posttrain.video import VideoSettings, read_frames_at, x264_settings
+        drop_frame = self.source["drop_frame"]
+        offset = 1 if drop_frame == "first" else 0  # video frame v shows HDF5 frame v + offset
+        video, hdf5 = sample_windows(length, ctx.sampled_frames, offset)
+        psnr_problems, alignment_problems = [], []
         for camera, key in self.source["cameras"].items():
             path = ctx.dataset.video_path(result.episode_index, key)
+            where = f"{demo} camera_obs/{camera}"
             try:
-                decoded = read_frames_at(path, samples)
+                decoded = read_frames_at(path, video)
+                source = np.concatenate([frames for start, stop in runs(hdf5)
+                                         for frames in self.mimic.iter_camera_frames(demo, camera, start, stop)])
+                if source.shape[1:] != decoded.shape[1:]:
+                    raise PosttrainError(f"{key}: frames are {decoded.shape[1:]}, {where} {source.shape[1:]}")
+                settings = x264_settings(path) or VideoSettings()  # the project's encoder when x264 left no record
+                found = compare_frames(decoded, [v + offset for v in video], source, hdf5, ctx.dataset.fps,
+                                       settings)
             except PosttrainError as err:
-                threshold_problems.append(str(err))
+                psnr_problems.append(str(err))
                 continue
-            worst, by_shift = (np.inf, -1), {-1: [], 0: [], 1: []}
-            for j, frame in zip(samples, decoded):
-                lo, hi = max(0, j + offset - 1), min(total, j + offset + 2)
-                originals = np.concatenate(list(self.mimic.iter_camera_frames(demo, camera, lo, hi, batch=3)))
-                aligned = originals[j + offset - lo]
-                if aligned.shape != frame.shape:
-                    threshold_problems.append(f"{key}: frame {j} is {frame.shape}, HDF5 {aligned.shape}")
-                    break
-                value = min(psnr(frame, aligned), PSNR_CAP_DB)
-                result.psnr.append(value)
-                worst = min(worst, (value, j))
-                if hi - lo == 3:
-                    for shift in (-1, 0, 1):
-                        by_shift[shift].append(min(psnr(frame, originals[1 + shift]), PSNR_CAP_DB))
-            if worst[0] < ctx.min_psnr_db:
-                threshold_problems.append(f"{key}: frame {worst[1]} vs {demo} camera_obs/{camera} frame "
-                                          f"{worst[1] + offset}: PSNR {worst[0]:.1f} dB < {ctx.min_psnr_db} dB")
-            if by_shift[0]:
-                means = {shift: float(np.mean(values)) for shift, values in by_shift.items()}
-                best = max(means, key=means.get)
-                if means[best] > means[0] + ALIGNMENT_MARGIN_DB:
+            result.psnr += found.psnr
+            result.encoder_psnr.append(found.encoder_db)
+            threshold = min(ctx.min_psnr_db, found.encoder_db - ENCODER_MARGIN_DB)
+            result.thresholds.append(threshold)
+            k = int(np.argmin(found.psnr))
+            bar = (f"the lower of verify.min_psnr_db ({ctx.min_psnr_db:g}) and {ENCODER_MARGIN_DB:g} dB below what "
+                   f"x264 (crf {settings.crf}, {settings.preset}) itself keeps of these frames "
+                   f"({found.encoder_db:.1f} dB)")
+            if found.pooled_db < threshold:
+                psnr_problems.append(
+                    f"{key}: {len(video)} frames around {ctx.sampled_frames} samples (verify.sampled_frames) vs "
+                    f"{where}: PSNR {found.pooled_db:.1f} dB < {threshold:.1f} dB, {bar}; worst: frame {video[k]}, "
+                    f"{found.psnr[k]:.1f} dB: the wrong episode, or damaged frames?")
+            elif found.psnr[k] < threshold - FRAME_SLACK_DB:
+                psnr_problems.append(
+                    f"{key}: frame {video[k]} vs {where} frame {video[k] + offset}: PSNR {found.psnr[k]:.1f} dB < "
+                    f"{threshold - FRAME_SLACK_DB:.1f} dB, {FRAME_SLACK_DB:g} dB below {threshold:.1f} dB, {bar}: "
+                    f"a damaged frame?")
+            if found.by_shift:
+                best = max(found.by_shift, key=found.by_shift.get)
+                if found.by_shift[best] > found.by_shift[0] + ALIGNMENT_MARGIN_DB:
                     alignment_problems.append(
-                        f"{key}: video frame j matches {demo} camera_obs/{camera} frame j{offset + best:+d} "
-                        f"({means[best]:.1f} dB) better than frame j{offset:+d} ({means[0]:.1f} dB): "
-                        f"wrong drop_frame {self.source['drop_frame']!r} in meta/source.json?")
-        result.check("video_psnr", not threshold_problems, "; ".join(threshold_problems) or "ok")
+                        f"{key}: over {found.aligned_frames} frames around the samples (verify.sampled_frames), "
+                        f"video frame j matches {where} frame j{offset + best:+d} ({found.by_shift[best]:.1f} dB) "
+                        f"better than frame j{offset:+d} ({found.by_shift[0]:.1f} dB) by more than "
+                        f"{ALIGNMENT_MARGIN_DB:g} dB: wrong drop_frame {drop_frame!r} (convert.drop_frame) in "
+                        f"meta/source.json?")
+        # alignment first: a shift fails both, and the one-line error should name the likelier cause
         result.check("video_alignment", not alignment_problems, "; ".join(alignment_problems) or "ok")
+        result.check("video_psnr", not psnr_problems, "; ".join(psnr_problems) or "ok")
+
+
+def sample_windows(length: int, sampled_frames: int, offset: int) -> tuple[list[int], list[int]]:
+    """Video frames to compare (evenly spaced samples and their neighbours) and the HDF5 frames to read.
+
+    Video frame v shows HDF5 frame v + offset; its HDF5 neighbours are read too, for the shift
+    check. Consecutive frames, as in the video, let the encoder round trip code them as it did there.
+    """
+    samples = np.unique(np.linspace(0, length - 1, max(1, sampled_frames)).round().astype(int))
+    video = sorted({int(v) for j in samples for v in (j - 1, j, j + 1) if 0 <= v < length})
+    hdf5 = sorted({h for v in video for h in (v + offset - 1, v + offset, v + offset + 1) if 0 <= h <= length})
+    return video, hdf5
+
+
+def runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as [start, stop) runs of consecutive values."""
+    out = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+@dataclass
+class FrameComparison:
+    psnr: list[float]           # each decoded frame vs its own HDF5 frame after the yuv420p round trip
+    pooled_db: float            # the same, one MSE over all of them
+    encoder_db: float           # x264's own round trip of those HDF5 frames, pooled
+    by_shift: dict[int, float]  # pooled PSNR vs HDF5 frame -1, 0, +1 ({} when no frame has both neighbours)
+    aligned_frames: int         # frames in by_shift
+
+
+def compare_frames(decoded: np.ndarray, shown: list[int], source: np.ndarray, source_frames: list[int], fps: int,
+                   settings: VideoSettings) -> FrameComparison:
+    """Compare decoded frames with the HDF5 frames they show (`shown`; `source` holds HDF5 frames `source_frames`).
+
+    The reference is the HDF5 frame converted to yuv420p and back as the encoder and decoder do
+    it, so the chroma subsampling, which alone costs fine colour texture 8-13 dB, is not counted
+    as a fault. What x264 loses on top depends on the texture (about 45 dB on smooth footage, 26
+    dB on colour noise at CRF 18), so the same HDF5 frames are encoded again with the video's own
+    settings to learn what a correct conversion keeps. Pooled PSNRs (one MSE over all frames) are
+    compared, because I, P and B frames of one valid video differ by several dB.
+    """
+    from posttrain.video import encoder_round_trip, yuv420p_round_trip
+
+    position = {h: i for i, h in enumerate(source_frames)}
+    own = np.array([position[h] for h in shown])
+    reference = yuv420p_round_trip(source)
+    mse = frame_mse(decoded, reference[own])
+    encoder_mse = frame_mse(encoder_round_trip(source[own], fps, settings), reference[own])
+    inner = [k for k, h in enumerate(shown) if h - 1 in position and h + 1 in position]  # both neighbours read
+    by_shift = {}
+    if inner:
+        by_shift[0] = psnr_db(mse[inner].mean())
+        for shift in (-1, 1):
+            by_shift[shift] = psnr_db(frame_mse(decoded[inner], reference[own[inner] + shift]).mean())
+    return FrameComparison(psnr=[psnr_db(m) for m in mse], pooled_db=psnr_db(mse.mean()),
+                           encoder_db=psnr_db(encoder_mse.mean()), by_shift=by_shift, aligned_frames=len(inner))
+
+
+def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean squared error of each pair of (N, H, W, 3) uint8 frames (integer sums: 10x faster than float64)."""
+    diff = np.subtract(a, b, dtype=np.int16)
+    return np.einsum("nhwc,nhwc->n", diff, diff, dtype=np.int64) / diff[0].size
+
+
+def psnr_db(mse: float) -> float:
+    """PSNR of a mean squared error; identical frames give PSNR_CAP_DB (JSON has no infinity)."""
+    return float(min(PSNR_CAP_DB, 10 * np.log10(255.0**2 / mse))) if mse > 0 else PSNR_CAP_DB
 
 
 # --- stats ----------------------------------------------------------------------------------------
+def episode_stats_diff(stored, recomputed: dict, cameras: list[str], length: int) -> str | None:
+    """One episodes_stats.jsonl line against the recomputed numeric stats; camera entries are checked
+    for form only (decoding the sampled frames again would double the stats stage's cost)."""
+    if not isinstance(stored, dict):
+        return "stats: expected an object"
+    for key in cameras:
+        problem = ("missing (rerun `posttrain stats`)" if key not in stored
+                   else statistics.check_image_stats(stored[key], length))
+        if problem:
+            return f"{key}: {problem}"
+    columns = {key: value for key, value in stored.items() if key not in cameras}
+    return statistics.compare_stats(columns, recomputed, rtol=1e-7, atol=1e-9)
+
+
 def check_stats(dataset: LeRobotDataset, results: list[EpisodeResult], report: Report) -> None:
     unreadable = [r.episode_index for r in results if r.numeric is None]
     if unreadable:
@@ -409,10 +526,12 @@ def check_stats(dataset: LeRobotDataset, results: list[EpisodeResult], report: R
         report.dataset_check("episodes_stats", False, "meta/episodes_stats.jsonl missing (run `posttrain stats`)")
     else:
         stored = {line.get("episode_index"): line.get("stats") for line in read_jsonl(path)}
+        lengths = {e["episode_index"]: e["length"] for e in dataset.episodes}
         problems = 0
         for r in results:
             diff = ("line missing" if r.episode_index not in stored else
-                    statistics.compare_stats(stored[r.episode_index], r.episode_stats, rtol=1e-7, atol=1e-9))
+                    episode_stats_diff(stored[r.episode_index], r.episode_stats, dataset.video_keys,
+                                       lengths[r.episode_index]))
             report.episode_check("episodes_stats", r.episode_index, diff is None,
                                  f"meta/episodes_stats.jsonl: {diff}")
             problems += diff is not None
@@ -556,6 +675,8 @@ def verify(root: Path, output: Path, source: Path | None = None, min_psnr_db: fl
         report.dataset_check("stats_json", False, "not recomputed: no episode could be checked")
 
     psnr = [v for r in results for v in r.psnr]
+    thresholds = [v for r in results for v in r.thresholds]  # set wherever psnr is
+    encoder = [v for r in results for v in r.encoder_psnr]
     checks = report.checks()
     passed = all(c["passed"] for c in checks)
     document = {
@@ -567,7 +688,8 @@ def verify(root: Path, output: Path, source: Path | None = None, min_psnr_db: fl
         "failures": sum(1 for c in checks if not c["passed"] and not c.get("summary")),
         "checks": checks,
         "psnr_db": ({"min": min(psnr), "mean": float(np.mean(psnr)), "frames_compared": len(psnr),
-                     "threshold": min_psnr_db} if psnr else None),
+                     "reference": "HDF5 frame through rgb24 -> yuv420p -> rgb24", "threshold": min_psnr_db,
+                     "threshold_min": min(thresholds), "encoder_min": min(encoder)} if psnr else None),
         "preview": previews,
     }
     keep, drop = (REPORT, FAILED_REPORT) if passed else (FAILED_REPORT, REPORT)

@@ -83,6 +83,9 @@ def load_model(directory: str | os.PathLike, config: PolicyConfig | None = None)
         if value.shape != expected[key].shape:
             raise PosttrainError(f"{path}: {key}: shape {tuple(value.shape)}, expected "
                                  f"{tuple(expected[key].shape)} from {CONFIG_FILE}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise PosttrainError(f"{path}: {key}: non-finite weights (NaN or inf): the run that wrote this "
+                                 "checkpoint diverged; retrain it (e.g. with a lower learning rate)")
     model.load_state_dict(state)
     return model.eval()
 

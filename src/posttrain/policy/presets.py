@@ -1,8 +1,10 @@
-"""`PolicyConfig`: every size and switch of the native policy, with two named presets.
+"""`PolicyConfig`: every size and switch of the native policy, with three named presets.
 
 `tiny` is the CPU demo/test size (64x64 images, ~1M parameters, trains in minutes on 2 cores);
-`base` is a GPU size (224x224 images, width 512, 8 DiT layers). Any field can be overridden:
-`PolicyConfig.from_preset("tiny", action_normalization="q01_q99")`.
+`base` is a small GPU size (224x224 images, width 512, 8 DiT layers, 55M parameters);
+`large` is the single-24-GB-GPU size (256x256 images, a ViT-B/16-sized visual encoder, a 16-layer
+width-1024 DiT, ~0.4B parameters), sized by `posttrain.policy.budget` to fit 24 GB with margin.
+Any field can be overridden: `PolicyConfig.from_preset("tiny", action_normalization="q01_q99")`.
 """
 
 from __future__ import annotations
@@ -111,5 +113,12 @@ PRESETS: dict[str, dict] = {
         image_size=224, vision_width=384, vision_depth=6, vision_heads=6, vision_patch_size=16,
         vision_tokens_per_side=7, text_max_length=32, language_width=256, language_depth=2,
         language_heads=4, head_width=512, head_depth=8, head_heads=8, dropout=0.1, vl_cross_attention="alternate",
+    ),
+    # GR00T N1.6's shape at about a seventh of its size: 64 image tokens per camera (N1.6 has 64
+    # after pixel shuffle), alternate image/text cross-attention, a 16-layer DiT (N1.6: 32 x 1536).
+    "large": dict(
+        image_size=256, vision_width=768, vision_depth=12, vision_heads=12, vision_patch_size=16,
+        vision_tokens_per_side=8, text_max_length=32, language_width=512, language_depth=4,
+        language_heads=8, head_width=1024, head_depth=16, head_heads=16, dropout=0.1, vl_cross_attention="alternate",
     ),
 }

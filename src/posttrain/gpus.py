@@ -1,6 +1,9 @@
 """Fail before training starts when this node has fewer GPUs than the job asks for.
 
-Usage: python scripts/require_gpus.py N      (N = the train rule's `resources.gpu`, set by the profile)
+Usage: python -m posttrain.gpus N      (N = the train rule's `resources.gpu`, set by the profile)
+
+Not a stage: the train rule runs it first, so a GPU profile on the wrong machine fails before the
+trainer (or `accelerate launch`) starts its processes.
 
 N = 0 (the CPU default) checks nothing. Prints one line either way, so the train log records what
 the job asked for and what it saw (CUDA_VISIBLE_DEVICES is set by Slurm, never by Snakemake).
