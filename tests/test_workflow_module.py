@@ -185,3 +185,11 @@ def test_verdict_line(tmp_path):
     assert workflow.verdict_line(metrics) == f"WARNING: eval verdict ({metrics}): It loses."
     metrics.write_text(json.dumps({"verdict": {"beats_all_baselines": True, "summary": "It wins."}}))
     assert workflow.verdict_line(metrics) == f"eval verdict ({metrics}): It wins."
+
+
+def test_command_line_null_where_the_schema_allows_it():
+    schema = {"properties": {"train": {"properties": {"max_steps": {"type": ["integer", "null"]},
+                                                     "run_name": {"type": "string"}}}}}
+    typed = workflow.typed_cli_values({"train": {"max_steps": "null", "run_name": "null"}}, schema)
+    assert typed == {"train": {"max_steps": None, "run_name": "null"}}
+    assert workflow.typed_cli_values({"train": {"max_steps": "100"}}, schema) == {"train": {"max_steps": 100}}

@@ -155,6 +155,8 @@ def _typed(text: str, types: set[str]):
         return float(text)
     if "boolean" in types and text.lower() in BOOLEANS:
         return BOOLEANS[text.lower()]
+    if "null" in types and text in ("null", "~", ""):  # e.g. train='{max_steps: null}'
+        return None
     return text
 
 
