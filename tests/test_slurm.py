@@ -76,7 +76,7 @@ def submitted_jobs(output: str) -> dict[str, list[str]]:
 def test_every_rule_runs_as_a_slurm_job(slurm_run):
     workdir, output = slurm_run
     jobs = submitted_jobs(output)
-    expected = {"synth", "convert_shard", "convert_gather", "stats", "verify", "train", "eval",
+    expected = {"synth", "convert_shard", "convert_gather", "stats", "verify", "frames", "train", "eval",
                 "report_dataset", "report_video", "report_verify", "report_training", "report_metrics"}
     assert set(jobs) == expected
     assert len(jobs["convert_shard"]) == 2  # one job per shard
