@@ -62,14 +62,19 @@ def _mapping_without_duplicates(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
-def _read_yaml(path: Path) -> dict:
+def _load_yaml(path: Path, what: str = "") -> object:
+    """A YAML file with duplicate keys refused; unreadable or invalid YAML is one line naming it."""
     try:
         with open(path) as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
+            return yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as err:
-        raise PosttrainError(f"{path}: cannot read joint map ({err.strerror})") from None
+        raise PosttrainError(f"{path}: cannot read {what}({err.strerror})") from None
     except yaml.YAMLError as err:
         raise PosttrainError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    data = _load_yaml(path, "joint map ")
     if not isinstance(data, dict) or not isinstance(data.get("joints"), dict) or not data["joints"]:
         raise PosttrainError(f"{path}: expected a non-empty `joints:` mapping")
     return data
@@ -144,13 +149,7 @@ class ExtraColumn:
 
 def _read_description(path: Path) -> dict:
     """embodiment.yaml as {joint_maps, robot_type, cameras, columns}, checked (see the module doc)."""
-    try:
-        with open(path) as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
-    except OSError as err:
-        raise PosttrainError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise PosttrainError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    data = _load_yaml(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise PosttrainError(f"{path}: expected a mapping")
