@@ -26,9 +26,9 @@ include: "rules/report.smk"  # report pages
 
 rule all:
     default_target: True
-    localrule: True
     input:
         final_outputs,
+    localrule: True
 
 
 # After a successful run, say whether the trained policy beats the baselines (README "Reading the

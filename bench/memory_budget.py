@@ -31,15 +31,19 @@ def budgets() -> dict:
 
 
 def table(results: dict) -> str:
-    head = ("| preset | backend | trains | micro-batch | params trainable / frozen | weights | gradients | "
-            "AdamW | saved for backward | peak | of 24 GiB |")
+    head = (
+        "| preset | backend | trains | micro-batch | params trainable / frozen | weights | gradients | "
+        "AdamW | saved for backward | peak | of 24 GiB |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, by_backend in results.items():
         for backend, b in by_backend.items():
-            rows.append(f"| `{name}` | {backend} | {b['setting']} | {b['micro_batch']} | "
-                        f"{b['trainable_params'] / 1e9:.2f}B / {b['frozen_params'] / 1e9:.2f}B | "
-                        f"{b['weights_gib']:.1f} | {b['gradients_gib']:.1f} | {b['optimizer_gib']:.1f} | "
-                        f"{b['saved_for_backward_gib']:.1f} | **{b['peak_gib']:.1f}** | {b['of_24gb']:.0%} |")
+            rows.append(
+                f"| `{name}` | {backend} | {b['setting']} | {b['micro_batch']} | "
+                f"{b['trainable_params'] / 1e9:.2f}B / {b['frozen_params'] / 1e9:.2f}B | "
+                f"{b['weights_gib']:.1f} | {b['gradients_gib']:.1f} | {b['optimizer_gib']:.1f} | "
+                f"{b['saved_for_backward_gib']:.1f} | **{b['peak_gib']:.1f}** | {b['of_24gb']:.0%} |"
+            )
     return "\n".join(rows)
 
 

@@ -48,8 +48,9 @@ CACHE = Path(os.environ.get("POSTTRAIN_BENCH_CACHE", Path.home() / ".cache" / "p
 
 def posttrain(*args) -> None:
     """`posttrain ARGS` in a child process, quiet; its stderr tail on failure."""
-    result = subprocess.run([sys.executable, "-m", "posttrain.cli", *map(str, args)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "posttrain.cli", *map(str, args)], capture_output=True, text=True, check=False
+    )
     if result.returncode:
         raise SystemExit(f"posttrain {' '.join(map(str, args[:2]))} failed:\n{result.stderr[-2000:]}")
 
@@ -63,8 +64,20 @@ def source_dataset(episodes: int, frames: int, image_size: int) -> Path:
         print(f"building {root} (once; minutes) ...", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             tmp = Path(tmp)
-            posttrain("synth", tmp / "raw.hdf5", "--episodes", episodes, "--min-frames", frames,
-                      "--max-frames", frames, "--image-size", image_size, "--seed", 0)
+            posttrain(
+                "synth",
+                tmp / "raw.hdf5",
+                "--episodes",
+                episodes,
+                "--min-frames",
+                frames,
+                "--max-frames",
+                frames,
+                "--image-size",
+                image_size,
+                "--seed",
+                0,
+            )
             posttrain("convert", "--input", tmp / "raw.hdf5", "--output", tmp / "lerobot")
             posttrain("stats", tmp / "lerobot")
             shutil.rmtree(root / "lerobot", ignore_errors=True)
@@ -75,6 +88,7 @@ def source_dataset(episodes: int, frames: int, image_size: int) -> Path:
 def repeated_dataset(source: Path, episodes: int) -> Path:
     """`episodes` episodes: the source's, then the source's again under new indices (hard links)."""
     from posttrain.lerobot import LeRobotDataset, jsonl
+
     src = LeRobotDataset(source)
     if episodes <= src.num_episodes:
         return source
@@ -85,16 +99,21 @@ def repeated_dataset(source: Path, episodes: int) -> Path:
     rows = []
     for new in range(episodes):
         old = src.episodes[new % src.num_episodes]
-        for path, target in zip(episode_files(src.info, old["episode_index"], src.video_keys),
-                                episode_files(src.info, new, src.video_keys)):
+        for path, target in zip(
+            episode_files(src.info, old["episode_index"], src.video_keys), episode_files(src.info, new, src.video_keys)
+        ):
             (tmp / target).parent.mkdir(parents=True, exist_ok=True)
             os.link(source / path, tmp / target)
         rows.append({**old, "episode_index": new})
     shutil.copytree(source / "meta", tmp / "meta")
     (tmp / "meta" / "episodes.jsonl").write_text(jsonl(rows))
     info = json.loads((tmp / "meta" / "info.json").read_text())
-    info.update(total_episodes=episodes, total_frames=sum(r["length"] for r in rows),
-                total_videos=episodes * len(src.video_keys), splits={"train": f"0:{episodes}"})
+    info.update(
+        total_episodes=episodes,
+        total_frames=sum(r["length"] for r in rows),
+        total_videos=episodes * len(src.video_keys),
+        splits={"train": f"0:{episodes}"},
+    )
     (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=4))
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)
@@ -104,9 +123,13 @@ def repeated_dataset(source: Path, episodes: int) -> Path:
 def episode_files(info: dict, episode: int, video_keys: list[str]) -> list[Path]:
     """The parquet file, then each camera's video, of an episode (relative paths, v2.1 templates)."""
     chunk = episode // info["chunks_size"]
-    return [Path(info["data_path"].format(episode_chunk=chunk, episode_index=episode)),
-            *[Path(info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=episode))
-              for key in video_keys]]
+    return [
+        Path(info["data_path"].format(episode_chunk=chunk, episode_index=episode)),
+        *[
+            Path(info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=episode))
+            for key in video_keys
+        ],
+    ]
 
 
 def frames_dir(dataset: Path, image_size: int) -> Path:
@@ -117,10 +140,20 @@ def frames_dir(dataset: Path, image_size: int) -> Path:
         posttrain("frames", dataset, "--image-size", image_size, "--output", out)
         seconds = time.perf_counter() - start
         index = json.loads((out / "index.json").read_text())
-        print(json.dumps({"bench": "frames", "dataset": str(dataset), "image_size": image_size,
-                          "frames": index["total_frames"], "seconds": round(seconds, 1),
-                          "frames_per_s": round(index["total_frames"] / seconds, 1),
-                          "gib": round(sum(f.stat().st_size for f in out.glob("*.npy")) / 2**30, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "frames",
+                    "dataset": str(dataset),
+                    "image_size": image_size,
+                    "frames": index["total_frames"],
+                    "seconds": round(seconds, 1),
+                    "frames_per_s": round(index["total_frames"] / seconds, 1),
+                    "gib": round(sum(f.stat().st_size for f in out.glob("*.npy")) / 2**30, 2),
+                }
+            ),
+            flush=True,
+        )
     return out
 
 
@@ -143,8 +176,9 @@ def cpu_seconds(pid: int) -> np.ndarray:
 
 
 # --- one loader configuration (in its own process) ------------------------------------------------
-def measure_loader(dataset: Path, frames: Path | None, preset: str, episodes: int, workers: int, batch: int,
-                   warmup: int, steps: int) -> dict:
+def measure_loader(
+    dataset: Path, frames: Path | None, preset: str, episodes: int, workers: int, batch: int, warmup: int, steps: int
+) -> dict:
     import torch
 
     from posttrain.data import StepSampler, TrainingSamples, camera_keys
@@ -153,14 +187,26 @@ def measure_loader(dataset: Path, frames: Path | None, preset: str, episodes: in
 
     ds = LeRobotDataset(dataset)
     features = ds.info["features"]
-    config = PolicyConfig.from_preset(preset, state_dim=features[STATE]["shape"][0],
-                                      action_dim=features[ACTION]["shape"][0], num_cameras=len(camera_keys(ds)))
+    config = PolicyConfig.from_preset(
+        preset,
+        state_dim=features[STATE]["shape"][0],
+        action_dim=features[ACTION]["shape"][0],
+        num_cameras=len(camera_keys(ds)),
+    )
     train_episodes = [row["episode_index"] for row in ds.episodes[:episodes]]
-    samples = TrainingSamples(ds, train_episodes, Normalizer(ds.stats, ds.modality, config),
-                              color_jitter_params=JITTER, state_dropout_prob=0.5, seed=0, frames=frames)
+    samples = TrainingSamples(
+        ds,
+        train_episodes,
+        Normalizer(ds.stats, ds.modality, config),
+        color_jitter_params=JITTER,
+        state_dropout_prob=0.5,
+        seed=0,
+        frames=frames,
+    )
     sampler = StepSampler(len(samples), batch, 1, 0, 1, seed=0, start_step=0, max_steps=1 + warmup + steps)
-    loader = torch.utils.data.DataLoader(samples, batch_sampler=sampler, num_workers=workers,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+    )
     start = time.perf_counter()
     batches = iter(loader)
     next(batches)
@@ -179,7 +225,8 @@ def measure_loader(dataset: Path, frames: Path | None, preset: str, episodes: in
     main = memory_mb(os.getpid())
     del batches, loader
     return {
-        "loader_samples_per_s": round(steps * batch / seconds, 1), "loader_first_batch_s": round(first, 3),
+        "loader_samples_per_s": round(steps * batch / seconds, 1),
+        "loader_first_batch_s": round(first, 3),
         # CPU time per sample (workers, main process): what the rate would be on idle cores
         "worker_cpu_ms_per_sample": round(1e3 * worker_cpu.sum() / (steps * batch), 3),
         "worker_sys_ms_per_sample": round(1e3 * worker_cpu[1] / (steps * batch), 3),  # of which in the kernel
@@ -195,24 +242,52 @@ def measure_loader(dataset: Path, frames: Path | None, preset: str, episodes: in
 def loader_matrix(args) -> None:
     source = source_dataset(args.source_episodes, args.frames, args.image_size)
     from posttrain.policy import PolicyConfig
+
     for preset in args.presets:
         size = PolicyConfig.from_preset(preset).image_size
         for episodes in args.episodes:
             dataset = repeated_dataset(source, episodes)
             frames = None if args.decode else frames_dir(dataset, size)
             for workers in args.workers:
-                child = [sys.executable, __file__, "--measure", str(dataset), str(frames or ""), preset,
-                         str(episodes), str(workers), "--batch", str(args.batch), "--warmup", str(args.warmup),
-                         "--steps", str(args.steps)]
-                result = subprocess.run(child, capture_output=True, text=True, check=False,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+                child = [
+                    sys.executable,
+                    __file__,
+                    "--measure",
+                    str(dataset),
+                    str(frames or ""),
+                    preset,
+                    str(episodes),
+                    str(workers),
+                    "--batch",
+                    str(args.batch),
+                    "--warmup",
+                    str(args.warmup),
+                    "--steps",
+                    str(args.steps),
+                ]
+                result = subprocess.run(
+                    child, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+                )
                 if result.returncode:
                     raise SystemExit(result.stderr[-3000:])
                 measured = json.loads(result.stdout.strip().splitlines()[-1])
-                print(json.dumps({"bench": "loader", "path": "decode" if args.decode else "frames", "preset": preset,
-                                  "image_size": size, "episodes": episodes, "workers": workers, "batch": args.batch,
-                                  "source": f"{args.source_episodes}x{args.frames}x{args.image_size}^2",
-                                  "load_avg_1m": round(os.getloadavg()[0], 2), **measured}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "bench": "loader",
+                            "path": "decode" if args.decode else "frames",
+                            "preset": preset,
+                            "image_size": size,
+                            "episodes": episodes,
+                            "workers": workers,
+                            "batch": args.batch,
+                            "source": f"{args.source_episodes}x{args.frames}x{args.image_size}^2",
+                            "load_avg_1m": round(os.getloadavg()[0], 2),
+                            **measured,
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -221,18 +296,44 @@ def trainer(args) -> None:
 
     from posttrain.cli import main as cli
     from posttrain.policy import PolicyConfig
+
     dataset = source_dataset(args.source_episodes, args.frames, args.image_size)
     preset = args.presets[0]
     frames = frames_dir(dataset, PolicyConfig.from_preset(preset).image_size)
     workers = args.workers[0]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         start = time.perf_counter()
-        code = cli(["train", "--dataset", str(dataset), "--frames", str(frames), "--output", f"{tmp}/run",
-                    "--preset", preset, "--holdout-episodes", "1", "--global-batch-size", str(args.batch),
-                    "--max-steps", str(args.steps), "--save-steps", str(args.steps), "--logging-steps", "1",
-                    "--dataloader-num-workers", str(workers), "--mixed-precision", args.mixed_precision,
-                    "--learning-rate", "1e-4", "--color-jitter-params",
-                    *[str(x) for item in JITTER.items() for x in item]])
+        code = cli(
+            [
+                "train",
+                "--dataset",
+                str(dataset),
+                "--frames",
+                str(frames),
+                "--output",
+                f"{tmp}/run",
+                "--preset",
+                preset,
+                "--holdout-episodes",
+                "1",
+                "--global-batch-size",
+                str(args.batch),
+                "--max-steps",
+                str(args.steps),
+                "--save-steps",
+                str(args.steps),
+                "--logging-steps",
+                "1",
+                "--dataloader-num-workers",
+                str(workers),
+                "--mixed-precision",
+                args.mixed_precision,
+                "--learning-rate",
+                "1e-4",
+                "--color-jitter-params",
+                *[str(x) for item in JITTER.items() for x in item],
+            ]
+        )
         wall = time.perf_counter() - start
         if code:
             raise SystemExit(f"posttrain train exited with {code}")
@@ -241,21 +342,38 @@ def trainer(args) -> None:
     data_wait = float(np.mean([e["data_wait_s"] for e in steady]))
     compute = float(np.mean([e["compute_s"] for e in steady]))
     if torch.cuda.is_available():
-        memory = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                  "peak_memory_kind": "cuda_allocated"}
+        memory = {
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_memory_kind": "cuda_allocated",
+        }
     else:
         memory = {"peak_memory_mb": round(memory_mb(os.getpid())["peak_rss"], 1), "peak_memory_kind": "rss"}
     step = data_wait + compute
-    print(json.dumps({
-        "bench": "train", "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(), "preset": preset, "batch": args.batch, "steps": args.steps,
-        "workers": workers, "mixed_precision": args.mixed_precision,
-        "samples_per_s": round(args.batch / step, 1), "step_time_s": round(step, 4),
-        "data_wait_s": round(data_wait, 4), "compute_s": round(compute, 4), "train_wall_s": round(wall, 1),
-        "projected_30000_steps_h": round(30000 * step / 3600, 2),
-        "projected_20000_steps_h": round(20000 * step / 3600, 2),
-        "first_loss": state["log_history"][0]["loss"], "last_loss": state["log_history"][-1]["loss"], **memory,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "preset": preset,
+                "batch": args.batch,
+                "steps": args.steps,
+                "workers": workers,
+                "mixed_precision": args.mixed_precision,
+                "samples_per_s": round(args.batch / step, 1),
+                "step_time_s": round(step, 4),
+                "data_wait_s": round(data_wait, 4),
+                "compute_s": round(compute, 4),
+                "train_wall_s": round(wall, 1),
+                "projected_30000_steps_h": round(30000 * step / 3600, 2),
+                "projected_20000_steps_h": round(20000 * step / 3600, 2),
+                "first_loss": state["log_history"][0]["loss"],
+                "last_loss": state["log_history"][-1]["loss"],
+                **memory,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -272,13 +390,26 @@ def main() -> None:
     parser.add_argument("--source-episodes", type=int, default=100, help="synthetic dataset: demos")
     parser.add_argument("--frames", type=int, default=330, help="synthetic dataset: steps per demo")
     parser.add_argument("--image-size", type=int, default=512, help="synthetic dataset: camera size")
-    parser.add_argument("--measure", nargs=5, metavar=("DATASET", "FRAMES", "PRESET", "EPISODES", "WORKERS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure", nargs=5, metavar=("DATASET", "FRAMES", "PRESET", "EPISODES", "WORKERS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.measure:
         dataset, frames, preset, episodes, workers = args.measure
-        print(json.dumps(measure_loader(Path(dataset), Path(frames) if frames else None, preset, int(episodes),
-                                        int(workers), args.batch, args.warmup, args.steps)))
+        print(
+            json.dumps(
+                measure_loader(
+                    Path(dataset),
+                    Path(frames) if frames else None,
+                    preset,
+                    int(episodes),
+                    int(workers),
+                    args.batch,
+                    args.warmup,
+                    args.steps,
+                )
+            )
+        )
     elif args.trainer:
         trainer(args)
     else:

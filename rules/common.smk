@@ -1,16 +1,13 @@
 # Shared by every .smk file: config validation, paths, wildcard constraints, the per-stage
 # `params:` helpers that make an edit re-run exactly the stages it affects, and the final targets.
 
-import importlib.util
 import json
 import re
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import yaml
-from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from posttrain import workflow as posttrain_workflow
@@ -49,8 +46,13 @@ def load_config() -> dict:
     schema = yaml.safe_load(SCHEMA.read_text())
     try:
         merged = posttrain_workflow.workflow_config(
-            DEFAULT_CONFIG, HARDWARE, workflow.overwrite_configfiles, settings.config, schema,
-            replace=settings.replace_workflow_config)
+            DEFAULT_CONFIG,
+            HARDWARE,
+            workflow.overwrite_configfiles,
+            settings.config,
+            schema,
+            replace=settings.replace_workflow_config,
+        )
         explicit = "hardware" in settings.overwrite_config
         posttrain_workflow.check_hardware(merged, explicit, profile_train_gpus(), HARDWARE)
     except PosttrainError as err:
@@ -67,10 +69,27 @@ validate(config, "../config/schema.yaml")  # fills in the schema's defaults
 
 RESULTS = config["results"]
 DS = config["dataset"]["name"]
-SOURCE = config["dataset"]["source"]
 RUN = config["train"]["run_name"]
+# The demonstrations: dataset.source, or several under dataset.sources, each converted on its own and
+# gathered into one dataset (rules/data.smk). DATA_SOURCES: name -> spec, in config order; one source is
+# {None: dataset.source}, and its files keep their paths (results/<ds>/raw.hdf5, convert_shards/<k>).
+MULTI_SOURCE = bool(config["dataset"].get("sources"))
+SOURCE = config["dataset"].get("source") or {"kind": "synth"}
+DATA_SOURCES = dict(config["dataset"]["sources"]) if MULTI_SOURCE else {None: SOURCE}
 # A Hub dataset that is already LeRobot skips synthesis and conversion (rules/hub.smk downloads it).
-RAW_SOURCE = SOURCE["kind"] != "hub" or SOURCE.get("format", "hdf5") == "hdf5"
+RAW_SOURCE = MULTI_SOURCE or SOURCE["kind"] != "hub" or SOURCE.get("format", "hdf5") == "hdf5"
+
+
+def check_sources() -> None:
+    default = posttrain_workflow.read_config_file(DEFAULT_CONFIG).get("dataset", {}).get("source")
+    synth_schema = yaml.safe_load(SCHEMA.read_text())["properties"]["synth"]
+    problem = posttrain_workflow.sources_error(config, default, synth_schema)
+    if problem:
+        raise SystemExit(f"error: config: {problem}")
+
+
+check_sources()
+
 
 # One dataset and one run per config: the wildcards match only the configured names, so that
 # `results/other/...` cannot build the configured dataset under another name.
@@ -80,22 +99,30 @@ wildcard_constraints:
     k=r"\d+",
 
 
-# --- params: each rule sees only its own config sub-tree -------------------------------------
-def stage_config(*keys: str) -> str:
-    """config[keys[0]][keys[1]]... as canonical JSON: a stable `params:` value (sorted keys, plain
-    types only) whose change re-runs the rule and everything downstream, and nothing else."""
-    node = config
-    for key in keys:
-        node = node[key]
-    return json.dumps(node, sort_keys=True)
+# --- params: each rule's config block, as the flags of its `posttrain <stage>` command ------------
+# One `args` param per rule: the command-line flags that give the stage exactly its config block's
+# values (posttrain.settings), so that editing a value re-runs that rule and what follows, nothing else.
+def stage_flags(stage: str) -> str:
+    try:
+        if stage == "train":
+            return posttrain_workflow.train_flags(config["train"])
+        return posttrain_workflow.stage_flags(stage, config[stage])
+    except PosttrainError as err:
+        raise SystemExit(f"error: {err}")
 
 
-def train_config() -> str:
-    """The train sub-tree; the gr00t block counts only when the gr00t backend is used."""
-    train = dict(config["train"])
-    if train["backend"] != "gr00t":
-        train.pop("gr00t")
-    return json.dumps(train, sort_keys=True)
+# Several sources (dataset.sources): per-source synth and convert flags, each source's task for the
+# gather (posttrain.workflow: an instruction edit re-runs the gather, never a source's encoding).
+def source_synth_args(name: str | None) -> str:
+    return posttrain_workflow.source_synth_flags(config, name)
+
+
+def source_convert_args(name: str | None) -> str:
+    return posttrain_workflow.source_convert_flags(config, name)
+
+
+def convert_gather_args() -> str:
+    return posttrain_workflow.gather_flags(DATA_SOURCES)
 
 
 # --- params: code versions and content fingerprints -------------------------------------------
@@ -114,84 +141,17 @@ def source_fingerprint(wildcards=None) -> str:
     """A user's source HDF5 counts by content (its input is ancient(): see raw_hdf5_input); the
     raw.hdf5 that synth/hub write is re-made only when their own params change, so its mtime is
     what it should be ("" here, and a fingerprint of a file not yet written could not be stable)."""
-    if SOURCE["kind"] != "hdf5":
+    spec = source_spec(wildcards)
+    if spec["kind"] != "hdf5":
         return ""
-    return posttrain_workflow.content_fingerprint(SOURCE["path"], FINGERPRINTS)
+    return posttrain_workflow.content_fingerprint(spec["path"], FINGERPRINTS)
 
 
-# --- command-line arguments from config ------------------------------------------------------
-def flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
-
-
-def convert_args() -> str:
-    c = config["convert"]
-    args = [
-        "--embodiment", c["embodiment"],
-        "--language-instruction", c["language_instruction"],
-        "--task-index", c["task_index"],
-        "--fps", c["fps"],
-        "--drop-frame", c["drop_frame"],
-        "--failed-demos", c["failed_demos"],
-        "--state-key", c["state_key"],
-        "--action-key", c["action_key"],
-        "--chunks-size", c["chunks_size"],
-        "--crf", c["video"]["crf"],
-        "--gop", c["video"]["gop"],
-        "--preset", c["video"]["preset"],
-    ]
-    for camera, key in sorted(c["cameras"].items()):
-        args += ["--camera", f"{camera}={key}"]
-    return shlex.join(str(a) for a in args)
-
-
-def synth_args() -> str:
-    s = config["synth"]
-    return shlex.join(str(a) for a in [
-        "--embodiment", s["embodiment"], "--episodes", s["episodes"], "--min-frames", s["min_frames"],
-        "--max-frames", s["max_frames"], "--image-size", s["image_size"], "--seed", s["seed"]])
-
-
-def verify_args() -> str:
-    v = config["verify"]
-    return shlex.join(str(a) for a in [
-        "--min-psnr-db", v["min_psnr_db"], "--sampled-frames", v["sampled_frames"],
-        "--preview-episodes", v["preview_episodes"]])
-
-
-TRAIN_BOOLEANS = ("use_wandb", "tune_llm", "tune_visual", "tune_projector", "tune_diffusion_model")
-TRAIN_VALUES = ("backend", "preset", "holdout_episodes", "global_batch_size", "gradient_accumulation_steps",
-                "max_steps", "epochs", "min_steps", "save_steps", "save_total_limit", "learning_rate", "warmup_ratio",
-                "weight_decay", "seed", "dataloader_num_workers", "mixed_precision", "action_normalization",
-                "state_dropout_prob")
-# The gr00t backend's own values of these, under train.gr00t (the native policy trains other modules).
-TRAIN_GR00T_OWN = ("gradient_accumulation_steps", "tune_llm", "tune_visual", "tune_projector", "tune_diffusion_model")
-
-
-def train_args() -> str:
-    t = config["train"]
-    if t["backend"] == "gr00t":
-        t = {**t, **{key: t["gr00t"][key] for key in TRAIN_GR00T_OWN}}
-    args = []
-    for key in TRAIN_VALUES:
-        if t[key] is not None:  # max_steps: null = the length comes from train.epochs
-            args += [flag(key), t[key]]
-    args += [flag(key) if t[key] else f"--no-{flag(key)[2:]}" for key in TRAIN_BOOLEANS]
-    if t["color_jitter_params"]:
-        args.append("--color-jitter-params")
-        for key in ("brightness", "contrast", "saturation", "hue"):  # the seed command's order
-            if key in t["color_jitter_params"]:
-                args += [key, t["color_jitter_params"][key]]
-    if t["backend"] == "gr00t":
-        g = t["gr00t"]
-        if not g["repo"]:
-            raise WorkflowError("config: train.gr00t.repo: empty, but train.backend is gr00t "
-                                "(set it to an Isaac-GR00T checkout, n1.6-release)")
-        args += ["--gr00t-repo", g["repo"], "--base-model-path", g["base_model_path"],
-                 "--embodiment-tag", g["embodiment_tag"]]
-        if g["modality_config_path"]:
-            args += ["--modality-config-path", g["modality_config_path"]]
-    return shlex.join(str(a) for a in args)
+def all_source_fingerprints(wildcards=None) -> str:
+    """source_fingerprint of every source (verify reads them all)."""
+    if not MULTI_SOURCE:
+        return source_fingerprint()
+    return json.dumps({name: source_fingerprint({"source": name}) for name in DATA_SOURCES})
 
 
 # The gr00t backend launches torchrun itself (from --num-gpus); the native trainer runs under the
@@ -204,25 +164,87 @@ else:
 
 
 # --- paths ----------------------------------------------------------------------------------
+def source_name(wildcards=None) -> str | None:
+    """The {source} wildcard (a name of dataset.sources); None for the one dataset.source."""
+    return wildcards.get("source") if wildcards is not None else None
+
+
+def source_spec(wildcards=None) -> dict:
+    return DATA_SOURCES[source_name(wildcards)]
+
+
+def source_path(name: str) -> str:
+    """An output template of a per-source rule: results/<ds>/NAME for one source, else
+    results/<ds>/sources/<source>/NAME."""
+    return f"{RESULTS}/{{ds}}/sources/{{source}}/{name}" if MULTI_SOURCE else f"{RESULTS}/{{ds}}/{name}"
+
+
+def source_log(folder: str, name: str = "") -> str:
+    """logs/<rule>/<ds>[/<source>][/<name>] (without .log / .tsv)."""
+    path = f"{folder}/{{ds}}/{{source}}" if MULTI_SOURCE else f"{folder}/{{ds}}"
+    return f"{path}/{name}" if name else path
+
+
+def source_names(kind: str | None = None) -> str:
+    """A wildcard constraint: the names of the sources (of this kind: a synth rule never makes a hub source)."""
+    names = [name for name, spec in DATA_SOURCES.items() if kind in (None, spec["kind"]) and name is not None]
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 def raw_hdf5(wildcards=None) -> str:
     """The source HDF5: the configured file for `kind: hdf5`, else what synth/hub writes."""
-    if SOURCE["kind"] == "hdf5":
-        return SOURCE["path"]
-    return f"{RESULTS}/{DS}/raw.hdf5"
+    spec, name = source_spec(wildcards), source_name(wildcards)
+    if spec["kind"] == "hdf5":
+        return spec["path"]
+    return f"{RESULTS}/{DS}/sources/{name}/raw.hdf5" if MULTI_SOURCE else f"{RESULTS}/{DS}/raw.hdf5"
 
 
 def raw_hdf5_input(wildcards=None):
     """raw_hdf5 as an input: a user's file with its mtime ignored (ancient), because its
     content fingerprint is a param (source_fingerprint): a touch or an rsync re-runs nothing."""
-    return ancient(raw_hdf5()) if SOURCE["kind"] == "hdf5" else raw_hdf5()
+    return ancient(raw_hdf5(wildcards)) if source_spec(wildcards)["kind"] == "hdf5" else raw_hdf5(wildcards)
+
+
+def all_raw_hdf5_inputs(wildcards=None) -> list:
+    """raw_hdf5_input of every source, in config order."""
+    return [raw_hdf5_input({"source": name} if MULTI_SOURCE else None) for name in DATA_SOURCES]
+
+
+def verify_source_args(wildcards=None) -> str:
+    """verify's --source: the HDF5, or NAME=HDF5 for each of several sources."""
+    if not MULTI_SOURCE:
+        return shlex.join(["--source", raw_hdf5()])
+    return shlex.join(a for name in DATA_SOURCES for a in ("--source", f"{name}={raw_hdf5({'source': name})}"))
 
 
 def dataset_dir(wildcards) -> str:
     return f"{RESULTS}/{wildcards.ds}/lerobot"
 
 
+# The dataset's meta/ files, written by convert_gather (or the Hub download); stats.json and
+# episodes_stats.jsonl are rules.stats.output.
+META = f"{RESULTS}/{{ds}}/lerobot/meta"
+
+
+def run_dir(wildcards) -> str:
+    """results/<ds>/train/<run>: checkpoints, tensorboard and DONE.json of one training run."""
+    return f"{RESULTS}/{wildcards.ds}/train/{wildcards.run}"
+
+
+def verify_dir(wildcards) -> str:
+    return f"{RESULTS}/{wildcards.ds}/verify"
+
+
+def eval_dir(wildcards) -> str:
+    return f"{RESULTS}/{wildcards.ds}/eval/{wildcards.run}"
+
+
 def convert_shard_dirs(wildcards) -> list[str]:
-    return [f"{RESULTS}/{wildcards.ds}/convert_shards/{k}" for k in range(config["convert"]["shards"])]
+    """Every shard directory the gather reads: per source, in config order."""
+    shards = range(config["convert"]["shards"])
+    if MULTI_SOURCE:
+        return [f"{RESULTS}/{wildcards.ds}/sources/{name}/convert_shards/{k}" for name in DATA_SOURCES for k in shards]
+    return [f"{RESULTS}/{wildcards.ds}/convert_shards/{k}" for k in shards]
 
 
 def print_verdict() -> None:
@@ -256,15 +278,6 @@ def report_pages() -> list[str]:
     return pages
 
 
-def eval_args() -> str:
-    e = config["eval"]
-    args = ["--episodes-to-plot", e["plot_episodes"], "--stride", e.get("stride", 1),
-            "--batch-size", e.get("batch_size", 8), "--seed", e.get("seed", 0)]
-    if e["all_checkpoints"]:
-        args.append("--all-checkpoints")
-    return shlex.join(str(a) for a in args)
-
-
 def export_outputs() -> list[str]:
     """The copies config `export:` asks for (added to `rule all` by final_outputs)."""
     if config["export"]["lerobot_v3"]:
@@ -273,47 +286,19 @@ def export_outputs() -> list[str]:
 
 
 def policy_image_size() -> int:
-    """train.preset's image size, from the checkout's policy/presets.py loaded on its own: importing
-    the posttrain.policy package would import torch, which the Snakemake process need not have.
-    """
-    spec = importlib.util.spec_from_file_location(
-        "posttrain_policy_presets", SOURCES / "policy" / "presets.py"
-    )
-    presets = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = presets  # @dataclass looks its module up there
-    spec.loader.exec_module(presets)
-    return presets.PolicyConfig.from_preset(config["train"]["preset"]).image_size
+    return posttrain_workflow.policy_image_size(config["train"]["preset"], SOURCES)
 
 
-def hub_source_args() -> str:
-    s = SOURCE
-    args = ["--repo-id", s["repo_id"], "--repo-type", s.get("repo_type", "dataset"),
-            "--format", s.get("format", "hdf5")]
-    if s.get("revision"):
-        args += ["--revision", s["revision"]]
-    if s.get("format", "hdf5") == "hdf5":
-        path = s.get("path") or s.get("filename")
-        if not path:
-            raise WorkflowError("config: dataset.source.path: needed for a hub source with format hdf5 "
-                                "(the HDF5 file inside the repository)")
-        args += ["--path", path]
-    else:
-        patterns = s.get("include")  # (a variable may not be called `include` in a .smk file)
-        if not patterns:
-            raise WorkflowError("config: dataset.source.include: needed for a hub source with format lerobot "
-                                "(glob(s) of the dataset's files, e.g. 'task/lerobot/**')")
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            args += ["--include", pattern]
-    return shlex.join(str(a) for a in args)
+def hub_source_args(name: str | None = None) -> str:
+    where = f"dataset.sources.{name}" if name is not None else "dataset.source"
+    try:
+        return posttrain_workflow.hub_source_flags(DATA_SOURCES[name], where)
+    except PosttrainError as err:
+        raise SystemExit(f"error: {err}")
 
 
 HUB_UPLOAD = config.get("hub_upload") or {}
 
 
 def upload_args(repo_key: str) -> str:
-    args = ["--repo-id", HUB_UPLOAD[repo_key]]
-    if HUB_UPLOAD.get("private"):
-        args.append("--private")
-    if HUB_UPLOAD.get("dry_run"):
-        args.append("--dry-run")
-    return shlex.join(args)
+    return posttrain_workflow.upload_flags(HUB_UPLOAD, repo_key)

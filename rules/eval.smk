@@ -4,8 +4,8 @@
 
 rule eval:
     input:
-        done=f"{RESULTS}/{{ds}}/train/{{run}}/DONE.json",
-        stats=f"{RESULTS}/{{ds}}/lerobot/meta/stats.json",
+        done=rules.train.output[0],
+        stats=rules.stats.output.stats,
     output:
         metrics=f"{RESULTS}/{{ds}}/eval/{{run}}/metrics.json",
         horizon=report(
@@ -22,22 +22,21 @@ rule eval:
             subcategory="{run}",
             labels={"run": "{run}", "figure": "trajectories"},
         ),
-    params:
-        run_dir=lambda wc: f"{RESULTS}/{wc.ds}/train/{wc.run}",
-        dataset=dataset_dir,
-        outdir=lambda wc: f"{RESULTS}/{wc.ds}/eval/{wc.run}",
-        cfg=stage_config("eval"),
-        args=eval_args(),
-        code=code_version("eval"),
-    threads: 2
-    resources:
-        gpu=0,
     log:
         "logs/eval/{ds}/{run}.log",
     benchmark:
         "benchmarks/eval/{ds}/{run}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        run_dir=run_dir,
+        dataset=dataset_dir,
+        outdir=eval_dir,
+        args=stage_flags("eval"),
+        code=code_version("eval"),
     shell:
         # The run directory resolves to DONE.json's final checkpoint.
         "posttrain eval {params.run_dir:q} {params.dataset:q} --output {params.outdir:q} {params.args} "

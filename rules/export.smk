@@ -5,21 +5,19 @@
 
 rule export_lerobot_v3:
     input:
-        stats=f"{RESULTS}/{{ds}}/lerobot/meta/stats.json",
-        verified=f"{RESULTS}/{{ds}}/verify/report.json",
+        stats=rules.stats.output.stats,
+        verified=rules.verify.output.report,
     output:
         # the whole directory: Snakemake then leaves it to `posttrain export`, which replaces it atomically
         directory(f"{RESULTS}/{{ds}}/lerobot_v3"),
-    params:
-        dataset=dataset_dir,
-        code=code_version("export"),
     log:
         "logs/export_lerobot_v3/{ds}.log",
     benchmark:
         "benchmarks/export_lerobot_v3/{ds}.tsv"
     conda:
         "../envs/convert.yaml"
+    params:
+        dataset=dataset_dir,
+        code=code_version("export"),
     shell:
         "posttrain export --format lerobot-v3 {params.dataset:q} --output {output:q} > {log:q} 2>&1"
-
-

@@ -2,10 +2,11 @@
 # random (`posttrain frames`, README "Training input"). Re-made only when the dataset is re-converted
 # (its meta/info.json and episodes.jsonl are rewritten) or the image size (train.preset) changes.
 
+
 rule frames:
     input:
-        f"{RESULTS}/{{ds}}/lerobot/meta/info.json",
-        f"{RESULTS}/{{ds}}/lerobot/meta/episodes.jsonl",
+        f"{META}/info.json",
+        f"{META}/episodes.jsonl",
     output:
         directory(f"{RESULTS}/{{ds}}/frames"),
     log:

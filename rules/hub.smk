@@ -4,46 +4,46 @@
 # Tokens come from HF_TOKEN or `hf auth login` (huggingface_hub reads them; never in params/logs).
 
 
-if SOURCE["kind"] == "hub" and SOURCE.get("format", "hdf5") == "hdf5":
+# (one per hub source of dataset.sources: results/<ds>/sources/<source>/raw.hdf5)
+if any(spec["kind"] == "hub" and spec.get("format", "hdf5") == "hdf5" for spec in DATA_SOURCES.values()):
 
     rule hub_download_hdf5:
         output:
-            f"{RESULTS}/{{ds}}/raw.hdf5",
-        params:
-            cfg=stage_config("dataset", "source"),
-            args=hub_source_args(),
-            code=code_version("hub"),
-        localrule: True
+            source_path("raw.hdf5"),
         log:
-            "logs/hub_download_hdf5/{ds}.log",
+            source_log("logs/hub_download_hdf5") + ".log",
         benchmark:
-            "benchmarks/hub_download_hdf5/{ds}.tsv"
+            source_log("benchmarks/hub_download_hdf5") + ".tsv"
+        wildcard_constraints:
+            source=source_names("hub"),
+        localrule: True
         conda:
             "../envs/hub.yaml"
+        params:
+            args=lambda wc: hub_source_args(source_name(wc)),
+            code=code_version("hub"),
         shell:
             "posttrain hub download {params.args} --output {output:q} > {log:q} 2>&1"
 
 
-if SOURCE["kind"] == "hub" and SOURCE.get("format", "hdf5") == "lerobot":
+if not MULTI_SOURCE and SOURCE["kind"] == "hub" and SOURCE.get("format", "hdf5") == "lerobot":
 
     # A pre-converted dataset: no conversion, but stats (our own meta/stats.json: the downloaded one
     # is not copied) and verification (internal checks only, no --source) still run.
     rule hub_download_lerobot:
         output:
-            multiext(f"{RESULTS}/{{ds}}/lerobot/meta/", "info.json", "episodes.jsonl", "tasks.jsonl",
-                     "modality.json"),
-        params:
-            dataset=dataset_dir,
-            cfg=stage_config("dataset", "source"),
-            args=hub_source_args(),
-            code=code_version("hub"),
-        localrule: True
+            multiext(f"{META}/", "info.json", "episodes.jsonl", "tasks.jsonl", "modality.json"),
         log:
             "logs/hub_download_lerobot/{ds}.log",
         benchmark:
             "benchmarks/hub_download_lerobot/{ds}.tsv"
+        localrule: True
         conda:
             "../envs/hub.yaml"
+        params:
+            dataset=dataset_dir,
+            args=hub_source_args(),
+            code=code_version("hub"),
         shell:
             "posttrain hub download {params.args} --output {params.dataset:q} > {log:q} 2>&1"
 
@@ -56,14 +56,14 @@ if HUB_UPLOAD.get("dataset_repo"):
             verified=f"{RESULTS}/{DS}/verify/report.json",
         output:
             f"{RESULTS}/{DS}/hub/upload_dataset.log",
+        log:
+            f"logs/upload_dataset/{DS}.log",
+        localrule: True
+        conda:
+            "../envs/hub.yaml"
         params:
             dataset=f"{RESULTS}/{DS}/lerobot",
             args=upload_args("dataset_repo"),
-        localrule: True
-        log:
-            f"logs/upload_dataset/{DS}.log",
-        conda:
-            "../envs/hub.yaml"
         shell:
             "posttrain hub upload {params.dataset:q} --repo-type dataset {params.args} > {output:q} 2> {log:q}"
 
@@ -76,14 +76,14 @@ if HUB_UPLOAD.get("checkpoint_repo"):
             metrics=f"{RESULTS}/{DS}/eval/{RUN}/metrics.json",
         output:
             f"{RESULTS}/{DS}/hub/upload_checkpoint_{RUN}.log",
+        log:
+            f"logs/upload_checkpoint/{DS}/{RUN}.log",
+        localrule: True
+        conda:
+            "../envs/hub.yaml"
         params:
             run_dir=f"{RESULTS}/{DS}/train/{RUN}",  # its DONE.json names the checkpoint to push
             args=upload_args("checkpoint_repo"),
-        localrule: True
-        log:
-            f"logs/upload_checkpoint/{DS}/{RUN}.log",
-        conda:
-            "../envs/hub.yaml"
         shell:
             # Weights and configs only: the optimizer/scheduler/RNG state is for resuming, not sharing.
             "posttrain hub upload {params.run_dir:q} --repo-type model --exclude optimizer.bin "

@@ -5,29 +5,28 @@
 
 rule train:
     input:
-        stats=f"{RESULTS}/{{ds}}/lerobot/meta/stats.json",
-        verified=f"{RESULTS}/{{ds}}/verify/report.json",
+        stats=rules.stats.output.stats,
+        verified=rules.verify.output.report,
         # the native trainer reads every frame from the decoded copy (rules/frames.smk)
-        frames=f"{RESULTS}/{{ds}}/frames" if config["train"]["backend"] == "native" else [],
+        frames=rules.frames.output[0] if config["train"]["backend"] == "native" else [],
     output:
         f"{RESULTS}/{{ds}}/train/{{run}}/DONE.json",
-    params:
-        dataset=dataset_dir,
-        run_dir=lambda wc: f"{RESULTS}/{wc.ds}/train/{wc.run}",
-        frames=lambda wc, input: f"--frames {shlex.quote(input.frames)}" if input.frames else "",
-        cfg=train_config(),
-        args=train_args(),
-        code=code_version("train"),
-    threads: 4
-    resources:
-        gpu=0,
-        launcher="posttrain",
     log:
         "logs/train/{ds}/{run}.log",
     benchmark:
         "benchmarks/train/{ds}/{run}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 4
+    resources:
+        gpu=0,
+        launcher="posttrain",
+    params:
+        dataset=dataset_dir,
+        run_dir=run_dir,
+        frames=lambda wc, input: f"--frames {shlex.quote(input.frames)}" if input.frames else "",
+        args=stage_flags("train"),
+        code=code_version("train"),
     shell:
         # The log keeps every attempt, each after a dated separator line, so a resumed or retried
         # run keeps its history. Snakemake deletes a declared log before each job, so the log is a

@@ -29,6 +29,16 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def synth_and_convert(root: Path, *synth_args, convert_args=()) -> tuple[Path, Path]:
+    """`posttrain synth` with synth_args, then `convert` (with convert_args) and `stats`, all into root:
+    returns (the HDF5, the dataset)."""
+    hdf5, out = root / "demos.hdf5", root / "lerobot"
+    assert run_cli("synth", hdf5, *synth_args) == 0
+    assert run_cli("convert", "--input", hdf5, "--output", out, *convert_args, "--workers", "2") == 0
+    assert run_cli("stats", out) == 0
+    return hdf5, out
+
+
 @pytest.fixture(scope="session")
 def synth_hdf5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synth") / "demos.hdf5"
@@ -48,8 +58,10 @@ def converted_dataset(synth_hdf5, tmp_path_factory) -> Path:
 @pytest.fixture
 def copy_dataset(converted_dataset, tmp_path):
     """A private copy of the converted dataset that a test may damage."""
+
     def _copy() -> Path:
         dst = tmp_path / "dataset_copy"
         shutil.copytree(converted_dataset, dst)
         return dst
+
     return _copy

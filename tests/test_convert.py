@@ -26,7 +26,12 @@ from posttrain.video import probe, psnr
 EMBODIMENT_DIR = REPO / "config" / "embodiments" / "gr1"
 CAMERA = "robot_pov_cam_rgb"
 WRIST = "wrist_cam"  # a second camera added to the numbered fixture: the negative of the first
-TWO_CAMERAS = ["--camera", f"{CAMERA}=observation.images.ego_view", "--camera", f"{WRIST}=observation.images.wrist_view"]
+TWO_CAMERAS = [
+    "--camera",
+    f"{CAMERA}=observation.images.ego_view",
+    "--camera",
+    f"{WRIST}=observation.images.wrist_view",
+]
 
 
 def policy_columns(kind: str) -> np.ndarray:
@@ -54,8 +59,23 @@ def numbered_hdf5(tmp_path_factory) -> Path:
     consecutive frames always differ (the synthetic scene may stand still for a few steps).
     """
     path = tmp_path_factory.mktemp("numbered") / "numbered.hdf5"
-    assert run_cli("synth", path, "--episodes", "12", "--min-frames", "5", "--max-frames", "9",
-                   "--image-size", "32", "--seed", "7") == 0
+    assert (
+        run_cli(
+            "synth",
+            path,
+            "--episodes",
+            "12",
+            "--min-frames",
+            "5",
+            "--max-frames",
+            "9",
+            "--image-size",
+            "32",
+            "--seed",
+            "7",
+        )
+        == 0
+    )
     with h5py.File(path, "a") as f:
         for demo in f["data"]:
             pov = f[f"data/{demo}/camera_obs/{CAMERA}"][()]
@@ -73,6 +93,7 @@ def numbered_dataset(numbered_hdf5, tmp_path_factory) -> Path:
 
 
 # --- content -------------------------------------------------------------------------------
+
 
 def test_rows_frames_timestamps_and_values_match_hdf5(converted_dataset, synth_hdf5):
     ds = LeRobotDataset(converted_dataset)
@@ -124,8 +145,9 @@ def test_schema_matches_golden_episode(converted_dataset):
     assert "human.task_description" in golden.names and lerobot.DEFAULT_ANNOTATION in ours.names
     rename = {"human.task_description": lerobot.DEFAULT_ANNOTATION}
     assert [rename.get(n, n) for n in golden.names] == ours.names
-    assert [str(golden.field(n).type) for n in golden.names] == [str(ours.field(rename.get(n, n)).type)
-                                                                  for n in golden.names]
+    assert [str(golden.field(n).type) for n in golden.names] == [
+        str(ours.field(rename.get(n, n)).type) for n in golden.names
+    ]
     golden_info = json.loads((GOLDEN / "meta/info.json").read_text())
     info = json.loads((converted_dataset / "meta/info.json").read_text())
     assert list(info) == list(golden_info)
@@ -152,8 +174,7 @@ def test_schema_matches_golden_episode(converted_dataset):
 
 def test_drop_frame_first_and_last_select_the_right_video_frames(numbered_hdf5, numbered_dataset, tmp_path):
     last = tmp_path / "last"
-    assert run_cli("convert", "--input", numbered_hdf5, "--output", last, "--drop-frame", "last",
-                   "--workers", "2") == 0
+    assert run_cli("convert", "--input", numbered_hdf5, "--output", last, "--drop-frame", "last", "--workers", "2") == 0
     assert LeRobotDataset(last).source["drop_frame"] == "last"
     with h5py.File(numbered_hdf5, "r") as f:
         for ep in (0, 11):
@@ -179,14 +200,17 @@ def test_numeric_demo_order_and_two_cameras(numbered_hdf5, numbered_dataset):
     assert ds.source["cameras"] == {CAMERA: "observation.images.ego_view", WRIST: "observation.images.wrist_view"}
     assert ds.video_keys == ["observation.images.ego_view", "observation.images.wrist_view"]
     assert ds.info["total_videos"] == 24
-    assert ds.modality["video"] == {"ego_view": {"original_key": "observation.images.ego_view"},
-                                    "wrist_view": {"original_key": "observation.images.wrist_view"}}
+    assert ds.modality["video"] == {
+        "ego_view": {"original_key": "observation.images.ego_view"},
+        "wrist_view": {"original_key": "observation.images.wrist_view"},
+    }
     with h5py.File(numbered_hdf5, "r") as f:
         for ep in (2, 10):  # demo_10 is episode 10, not 2
             demo = f[f"data/demo_{ep}"]
             cols = ds.read_episode(ep, ["observation.state"])
-            np.testing.assert_array_equal(cols["observation.state"],
-                                          demo["obs/robot_joint_pos"][:-1][:, policy_columns("state")])
+            np.testing.assert_array_equal(
+                cols["observation.state"], demo["obs/robot_joint_pos"][:-1][:, policy_columns("state")]
+            )
             wrist = ds.read_video(ep, "observation.images.wrist_view")
             expected = demo[f"camera_obs/{WRIST}"][1:]
             assert len(wrist) == len(cols["observation.state"]) == ds.episodes[ep]["length"]
@@ -194,6 +218,7 @@ def test_numeric_demo_order_and_two_cameras(numbered_hdf5, numbered_dataset):
 
 
 # --- reproducibility, shards, crash safety -------------------------------------------------
+
 
 def test_same_input_gives_identical_bytes(numbered_hdf5, numbered_dataset, tmp_path):
     again = tmp_path / "again"
@@ -205,8 +230,23 @@ def test_same_input_gives_identical_bytes(numbered_hdf5, numbered_dataset, tmp_p
 def test_shards_then_gather_equal_whole_conversion(numbered_hdf5, numbered_dataset, tmp_path):
     shards = [tmp_path / f"shard{k}" for k in range(3)]
     for k, shard in enumerate(shards):
-        assert run_cli("convert", "--input", numbered_hdf5, "--output", shard, *TWO_CAMERAS,
-                       "--shard", k, "--num-shards", 3, "--workers", "1") == 0
+        assert (
+            run_cli(
+                "convert",
+                "--input",
+                numbered_hdf5,
+                "--output",
+                shard,
+                *TWO_CAMERAS,
+                "--shard",
+                k,
+                "--num-shards",
+                3,
+                "--workers",
+                "1",
+            )
+            == 0
+        )
         manifest = json.loads((shard / "shard.json").read_text())
         assert [e["episode_index"] for e in manifest["episodes"]] == list(range(k, 12, 3))
         assert not (shard / "meta").exists()
@@ -219,8 +259,22 @@ def test_shards_then_gather_equal_whole_conversion(numbered_hdf5, numbered_datas
 def test_gather_names_missing_episodes_and_stale_settings(numbered_hdf5, tmp_path, capsys):
     shards = [tmp_path / f"shard{k}" for k in range(2)]
     for k, shard in enumerate(shards):
-        assert run_cli("convert", "--input", numbered_hdf5, "--output", shard,
-                       "--shard", k, "--num-shards", 2, "--workers", "1") == 0
+        assert (
+            run_cli(
+                "convert",
+                "--input",
+                numbered_hdf5,
+                "--output",
+                shard,
+                "--shard",
+                k,
+                "--num-shards",
+                2,
+                "--workers",
+                "1",
+            )
+            == 0
+        )
     capsys.readouterr()
     out = tmp_path / "gathered"
     assert run_cli("convert", "--input", numbered_hdf5, "--output", out, "--gather", shards[0]) == 2
@@ -237,8 +291,19 @@ def test_gather_names_missing_episodes_and_stale_settings(numbered_hdf5, tmp_pat
 
 def test_kill_9_leaves_no_output_and_rerun_is_identical(numbered_hdf5, numbered_dataset, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "posttrain.cli", "convert", "--input", str(numbered_hdf5), "--output", str(out),
-           *TWO_CAMERAS, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "posttrain.cli",
+        "convert",
+        "--input",
+        str(numbered_hdf5),
+        "--output",
+        str(out),
+        *TWO_CAMERAS,
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not any(list(temp.rglob("*.mp4")) for temp in hidden_temps(tmp_path)):  # (beside it: .killed.lock)
@@ -254,13 +319,29 @@ def test_kill_9_leaves_no_output_and_rerun_is_identical(numbered_hdf5, numbered_
 
 # --- Arena YAML ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def arena_dir(tmp_path_factory) -> Path:
     """A data_root holding a 512² synthetic file named like the YAML's hdf5_name."""
     root = tmp_path_factory.mktemp("arena")
     name = yaml.safe_load(ARENA_YAML.read_text())["hdf5_name"]
-    assert run_cli("synth", root / name, "--episodes", "2", "--min-frames", "3", "--max-frames", "4",
-                   "--image-size", "512", "--seed", "1") == 0
+    assert (
+        run_cli(
+            "synth",
+            root / name,
+            "--episodes",
+            "2",
+            "--min-frames",
+            "3",
+            "--max-frames",
+            "4",
+            "--image-size",
+            "512",
+            "--seed",
+            "1",
+        )
+        == 0
+    )
     return root
 
 
@@ -293,20 +374,39 @@ def test_arena_yaml_is_accepted_unchanged(arena_dir, tmp_path):
     assert len(ds.read_video(0, "observation.images.ego_view", size=(64, 64))) == ds.episodes[0]["length"]
     # flags override the YAML
     other = tmp_path / "other"
-    assert run_cli("convert", "--config", config, "--output", other, "--fps", "25",
-                   "--language-instruction", "open it", "--workers", "1") == 0
+    assert (
+        run_cli(
+            "convert",
+            "--config",
+            config,
+            "--output",
+            other,
+            "--fps",
+            "25",
+            "--language-instruction",
+            "open it",
+            "--workers",
+            "1",
+        )
+        == 0
+    )
     assert LeRobotDataset(other).fps == 25 and LeRobotDataset(other).tasks == {0: "open it"}
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"bogus_option": 1}, "unknown key 'bogus_option'"),
-    ({"target_image_size": [256, 256, 3]}, "not supported"),
-    ({"original_image_size": [256, 256, 3], "target_image_size": [256, 256, 3]},
-     "camera_obs/robot_pov_cam_rgb: frame shape [512, 512, 3] != original_image_size [256, 256, 3]"),
-    ({"state_name_sim": "robot_joint_position"}, "data/demo_0/obs/robot_joint_position: missing"),
-    ({"pov_cam_name_sim": "robot_head_cam"}, "data/demo_0/camera_obs/robot_head_cam: missing"),
-    ({"data_path": "data/{episode_index}.parquet"}, "data_path"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"bogus_option": 1}, "unknown key 'bogus_option'"),
+        ({"target_image_size": [256, 256, 3]}, "not supported"),
+        (
+            {"original_image_size": [256, 256, 3], "target_image_size": [256, 256, 3]},
+            "camera_obs/robot_pov_cam_rgb: frame shape [512, 512, 3] != original_image_size [256, 256, 3]",
+        ),
+        ({"state_name_sim": "robot_joint_position"}, "data/demo_0/obs/robot_joint_position: missing"),
+        ({"pov_cam_name_sim": "robot_head_cam"}, "data/demo_0/camera_obs/robot_head_cam: missing"),
+        ({"data_path": "data/{episode_index}.parquet"}, "data_path"),
+    ],
+)
 def test_arena_yaml_errors(arena_dir, tmp_path, capsys, changes, expected):
     config = arena_yaml(tmp_path, arena_dir, **changes)
     assert run_cli("convert", "--config", config, "--output", tmp_path / "out", "--workers", "1") == 2
@@ -318,11 +418,27 @@ def test_arena_yaml_errors(arena_dir, tmp_path, capsys, changes, expected):
 
 # --- bad inputs: one error line naming file, demo and key; exit 2; no output ----------------
 
+
 @pytest.fixture(scope="module")
 def tiny_hdf5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny.hdf5"
-    assert run_cli("synth", path, "--episodes", "3", "--min-frames", "4", "--max-frames", "6",
-                   "--image-size", "16", "--seed", "2") == 0
+    assert (
+        run_cli(
+            "synth",
+            path,
+            "--episodes",
+            "3",
+            "--min-frames",
+            "4",
+            "--max-frames",
+            "6",
+            "--image-size",
+            "16",
+            "--seed",
+            "2",
+        )
+        == 0
+    )
     return path
 
 
@@ -356,24 +472,32 @@ def _short_action(f):
 
 
 DAMAGE = {
-    "missing camera group": (lambda f: f["data/demo_1"].__delitem__("camera_obs"),
-                             ["data/demo_1/camera_obs/robot_pov_cam_rgb", "missing"]),
+    "missing camera group": (
+        lambda f: f["data/demo_1"].__delitem__("camera_obs"),
+        ["data/demo_1/camera_obs/robot_pov_cam_rgb", "missing"],
+    ),
     "mismatched lengths": (_short_action, ["data/demo_2/", "rows"]),
     "zero-length demo": (_zero_length, ["data/demo_1/processed_actions", "0 rows"]),
     "NaN": (_nan, ["data/demo_1/obs/robot_joint_pos", "NaN at row 2, column 5"]),
     "inf": (_inf, ["data/demo_2/processed_actions", "inf at row 0, column 3"]),
-    "wrong dtype": (lambda f: _replace(f, "data/demo_0/processed_actions",
-                                       f["data/demo_0/processed_actions"][()].astype(np.int32)),
-                    ["data/demo_0/processed_actions", "dtype int32"]),
-    "wrong shape": (lambda f: _replace(f, "data/demo_1/obs/robot_joint_pos",
-                                       f["data/demo_1/obs/robot_joint_pos"][:, :53]),
-                    ["data/demo_1/obs/robot_joint_pos", "expected (T, 54)"]),
-    "camera size differs between demos": (lambda f: _replace(f, f"data/demo_2/camera_obs/{CAMERA}",
-                                                             f[f"data/demo_2/camera_obs/{CAMERA}"][:, :8, :8]),
-                                          [f"data/demo_2/camera_obs/{CAMERA}", "frame shape [8, 8, 3] differs"]),
-    "wrong image dtype": (lambda f: _replace(f, f"data/demo_0/camera_obs/{CAMERA}",
-                                             f[f"data/demo_0/camera_obs/{CAMERA}"][()].astype(np.float32)),
-                          [f"data/demo_0/camera_obs/{CAMERA}", "uint8"]),
+    "wrong dtype": (
+        lambda f: _replace(f, "data/demo_0/processed_actions", f["data/demo_0/processed_actions"][()].astype(np.int32)),
+        ["data/demo_0/processed_actions", "dtype int32"],
+    ),
+    "wrong shape": (
+        lambda f: _replace(f, "data/demo_1/obs/robot_joint_pos", f["data/demo_1/obs/robot_joint_pos"][:, :53]),
+        ["data/demo_1/obs/robot_joint_pos", "expected (T, 54)"],
+    ),
+    "camera size differs between demos": (
+        lambda f: _replace(f, f"data/demo_2/camera_obs/{CAMERA}", f[f"data/demo_2/camera_obs/{CAMERA}"][:, :8, :8]),
+        [f"data/demo_2/camera_obs/{CAMERA}", "frame shape [8, 8, 3] differs"],
+    ),
+    "wrong image dtype": (
+        lambda f: _replace(
+            f, f"data/demo_0/camera_obs/{CAMERA}", f[f"data/demo_0/camera_obs/{CAMERA}"][()].astype(np.float32)
+        ),
+        [f"data/demo_0/camera_obs/{CAMERA}", "uint8"],
+    ),
 }
 
 
@@ -393,11 +517,14 @@ def test_bad_hdf5_is_rejected_before_any_output(tiny_hdf5, tmp_path, capsys, cas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hdf5"]  # no output, no temp dir
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--state-key", "obs/robot_joint_position", "data/demo_0/obs/robot_joint_position: missing"),
-    ("--action-key", "actions_processed", "data/demo_0/actions_processed: missing"),
-    ("--camera", "robot_head_cam=observation.images.ego_view", "data/demo_0/camera_obs/robot_head_cam: missing"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--state-key", "obs/robot_joint_position", "data/demo_0/obs/robot_joint_position: missing"),
+        ("--action-key", "actions_processed", "data/demo_0/actions_processed: missing"),
+        ("--camera", "robot_head_cam=observation.images.ego_view", "data/demo_0/camera_obs/robot_head_cam: missing"),
+    ],
+)
 def test_wrong_keys_are_named(tiny_hdf5, tmp_path, capsys, flag, value, expected):
     out = tmp_path / "out"
     assert run_cli("convert", "--input", tiny_hdf5, "--output", out, flag, value) == 2
@@ -423,7 +550,7 @@ def test_embodiment_without_a_policy_joint_is_rejected(tiny_hdf5, tmp_path, caps
     shutil.copytree(EMBODIMENT_DIR, emb)
     state_map = emb / "54dof_joint_space.yaml"
     lines = state_map.read_text().splitlines(keepends=True)
-    state_map.write_text("".join(l for l in lines if "L_thumb_proximal_pitch_joint" not in l))
+    state_map.write_text("".join(line for line in lines if "L_thumb_proximal_pitch_joint" not in line))
     out = tmp_path / "out"
     assert run_cli("convert", "--input", tiny_hdf5, "--output", out, "--embodiment", emb) == 2
     err = capsys.readouterr().err.strip()

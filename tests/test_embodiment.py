@@ -45,11 +45,20 @@ def test_gr1_matches_doc_table():
     assert emb.state_indices.tolist() == DOC_STATE
     assert emb.action_indices.tolist() == DOC_ACTION
     assert (emb.sim_state_dims, emb.sim_action_dims, emb.dims) == (54, 36, 26)
-    assert emb.joint_names[:4] == ["left_shoulder_pitch_joint", "left_shoulder_roll_joint",
-                                   "left_shoulder_yaw_joint", "left_elbow_pitch_joint"]
-    assert emb.joint_names[14:20] == ["L_pinky_proximal_joint", "L_ring_proximal_joint", "L_middle_proximal_joint",
-                                      "L_index_proximal_joint", "L_thumb_proximal_yaw_joint",
-                                      "L_thumb_proximal_pitch_joint"]
+    assert emb.joint_names[:4] == [
+        "left_shoulder_pitch_joint",
+        "left_shoulder_roll_joint",
+        "left_shoulder_yaw_joint",
+        "left_elbow_pitch_joint",
+    ]
+    assert emb.joint_names[14:20] == [
+        "L_pinky_proximal_joint",
+        "L_ring_proximal_joint",
+        "L_middle_proximal_joint",
+        "L_index_proximal_joint",
+        "L_thumb_proximal_yaw_joint",
+        "L_thumb_proximal_pitch_joint",
+    ]
     assert emb.group_slices()["right_hand"] == slice(20, 26)
     assert emb.info_template["codebase_version"] == "v2.1"
 
@@ -67,8 +76,12 @@ def test_remap_selects_columns():
 def test_directory_path_and_arena_files_give_the_same_map(gr1_copy):
     by_dir = load_embodiment(gr1_copy)
     ref = SHARED / "reference" / "isaaclab_arena_gr1" / "embodiment"
-    by_files = Embodiment.from_files(ref / "54dof_joint_space.yaml", ref / "36dof_joint_space.yaml",
-                                     ref / "gr00t_26dof_joint_space.yaml", ref / "modality.json")
+    by_files = Embodiment.from_files(
+        ref / "54dof_joint_space.yaml",
+        ref / "36dof_joint_space.yaml",
+        ref / "gr00t_26dof_joint_space.yaml",
+        ref / "modality.json",
+    )
     for emb in (by_dir, by_files):
         assert emb.state_indices.tolist() == DOC_STATE
         assert emb.action_indices.tolist() == DOC_ACTION
@@ -100,16 +113,22 @@ def test_mapping_follows_the_column_written_beside_the_name(gr1_copy):
 
 
 def test_missing_policy_joint_names_yaml_and_joint(gr1_copy):
-    rewrite_joints(gr1_copy / "54dof_joint_space.yaml",
-                   lambda j: {k: v for k, v in j.items() if k != "right_wrist_roll_joint"})
-    with pytest.raises(PosttrainError, match=r"54dof_joint_space\.yaml: policy joint right_wrist_roll_joint "
-                                             r"not in the sim state map"):
+    rewrite_joints(
+        gr1_copy / "54dof_joint_space.yaml", lambda j: {k: v for k, v in j.items() if k != "right_wrist_roll_joint"}
+    )
+    with pytest.raises(
+        PosttrainError,
+        match=r"54dof_joint_space\.yaml: policy joint right_wrist_roll_joint "
+        r"not in the sim state map",
+    ):
         load_embodiment(gr1_copy)
 
 
 def test_missing_action_joint(gr1_copy):
-    rewrite_joints(gr1_copy / "36dof_joint_space.yaml",
-                   lambda j: {k: v for k, v in j.items() if k != "L_thumb_proximal_pitch_joint"})
+    rewrite_joints(
+        gr1_copy / "36dof_joint_space.yaml",
+        lambda j: {k: v for k, v in j.items() if k != "L_thumb_proximal_pitch_joint"},
+    )
     with pytest.raises(PosttrainError, match=r"36dof_joint_space\.yaml: policy joint L_thumb_proximal_pitch_joint"):
         load_embodiment(gr1_copy)
 
@@ -141,11 +160,14 @@ def test_joint_listed_twice_in_policy_groups(gr1_copy):
         load_embodiment(gr1_copy)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m["state"]["left_arm"].update(end=6), r"state\.left_arm: slice \[0, 6\) expected \[0, 7\)"),
-    (lambda m: m["action"]["right_hand"].update(start=21, end=27), r"action\.right_hand: slice \[21, 27\)"),
-    (lambda m: m["state"].pop("left_hand"), r"state groups .* differ"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["state"]["left_arm"].update(end=6), r"state\.left_arm: slice \[0, 6\) expected \[0, 7\)"),
+        (lambda m: m["action"]["right_hand"].update(start=21, end=27), r"action\.right_hand: slice \[21, 27\)"),
+        (lambda m: m["state"].pop("left_hand"), r"state groups .* differ"),
+    ],
+)
 def test_bad_modality_rejected(gr1_copy, edit, message):
     path = gr1_copy / "modality.json"
     modality = json.loads(path.read_text())
@@ -162,7 +184,7 @@ def test_policy_action_to_sim_round_trip():
     assert sim.shape == (5, 36) and sim.dtype == np.float32
     np.testing.assert_array_equal(emb.remap_action(sim), policy)
     assert not sim[:, MIMIC_ACTION_COLUMNS].any(), "joints the policy does not produce are zero-filled"
-    np.testing.assert_array_equal(sim[:, 0], policy[:, 0])   # left_shoulder_pitch -> column 0
+    np.testing.assert_array_equal(sim[:, 0], policy[:, 0])  # left_shoulder_pitch -> column 0
     np.testing.assert_array_equal(sim[:, 33], policy[:, 25])  # R_thumb_proximal_pitch -> column 33
 
 
@@ -206,11 +228,18 @@ def test_g1_is_arena_g1_plus_its_columns():
     for name in ("43dof_joint_space.yaml", "gr00t_43dof_joint_space.yaml", "modality.json", "info.json"):
         assert (G1_DIR / name).read_bytes() == (G1_ARENA / name).read_bytes(), "a verbatim copy of Arena's file"
     assert [(c.name, c.dtype, c.width) for c in emb.columns] == [
-        ("observation.eef_pose", "float64", 14), ("action.eef_pose", "float64", 14),
-        ("teleop.base_height_command", "float32", 1), ("teleop.navigate_command", "float32", 3),
-        ("teleop.torso_orientation_rpy_command", "float32", 3)]
-    assert [p.key for p in emb.columns[0].parts] == ["obs/left_eef_pos", "obs/left_eef_quat", "obs/right_eef_pos",
-                                                     "obs/right_eef_quat"]
+        ("observation.eef_pose", "float64", 14),
+        ("action.eef_pose", "float64", 14),
+        ("teleop.base_height_command", "float32", 1),
+        ("teleop.navigate_command", "float32", 3),
+        ("teleop.torso_orientation_rpy_command", "float32", 3),
+    ]
+    assert [p.key for p in emb.columns[0].parts] == [
+        "obs/left_eef_pos",
+        "obs/left_eef_quat",
+        "obs/right_eef_pos",
+        "obs/right_eef_quat",
+    ]
     assert emb.robot_type == "unitree_g1" and emb.cameras == {"robot_head_cam_rgb": "observation.images.ego_view"}
     assert emb.annotation_key == "annotation.human.task_description"
     gr1 = load_embodiment("gr1")  # no embodiment.yaml: Arena's GR1 layout, no extra columns
@@ -232,21 +261,34 @@ def edit_description(path: Path, edit) -> None:
     (path / "embodiment.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(colour="red"), r"embodiment\.yaml: unknown key 'colour'"),
-    (lambda d: d["columns"]["teleop.navigate_command"].update(dtype="int64"),
-     r"columns\.teleop\.navigate_command: dtype 'int64'"),
-    (lambda d: d["columns"].update({"timestamp": {"dtype": "float64", "parts": [{"key": "obs/t", "width": 1}]}}),
-     r"columns\.timestamp: a column every conversion writes"),
-    (lambda d: d["columns"]["action.eef_pose"]["parts"][0].update(width=0), r"action\.eef_pose: parts\[0\]"),
-    (lambda d: d["columns"].pop("teleop.navigate_command"),
-     r"modality\.json: action\.navigate_command: original_key 'teleop\.navigate_command' is neither 'action' "
-     r"nor a column declared in .*embodiment\.yaml"),
-    (lambda d: d["columns"]["observation.eef_pose"]["parts"][0].update(width=2),
-     r"modality\.json: state\.right_wrist_pose: slice \[7, 14\) outside observation\.eef_pose of width 13"),
-    (lambda d: d["joint_maps"].update(policy="gr00t_44dof_joint_space.yaml"),
-     r"gr00t_44dof_joint_space\.yaml: embodiment file missing"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(colour="red"), r"embodiment\.yaml: unknown key 'colour'"),
+        (
+            lambda d: d["columns"]["teleop.navigate_command"].update(dtype="int64"),
+            r"columns\.teleop\.navigate_command: dtype 'int64'",
+        ),
+        (
+            lambda d: d["columns"].update({"timestamp": {"dtype": "float64", "parts": [{"key": "obs/t", "width": 1}]}}),
+            r"columns\.timestamp: a column every conversion writes",
+        ),
+        (lambda d: d["columns"]["action.eef_pose"]["parts"][0].update(width=0), r"action\.eef_pose: parts\[0\]"),
+        (
+            lambda d: d["columns"].pop("teleop.navigate_command"),
+            r"modality\.json: action\.navigate_command: original_key 'teleop\.navigate_command' is neither 'action' "
+            r"nor a column declared in .*embodiment\.yaml",
+        ),
+        (
+            lambda d: d["columns"]["observation.eef_pose"]["parts"][0].update(width=2),
+            r"modality\.json: state\.right_wrist_pose: slice \[7, 14\) outside observation\.eef_pose of width 13",
+        ),
+        (
+            lambda d: d["joint_maps"].update(policy="gr00t_44dof_joint_space.yaml"),
+            r"gr00t_44dof_joint_space\.yaml: embodiment file missing",
+        ),
+    ],
+)
 def test_bad_description_rejected(g1_copy, edit, message):
     edit_description(g1_copy, edit)
     with pytest.raises(PosttrainError, match=message):
@@ -257,8 +299,15 @@ def test_g1_without_its_description_cannot_place_the_eef_groups(g1_copy):
     (g1_copy / "embodiment.yaml").unlink()  # then the GR1 file names are expected
     with pytest.raises(PosttrainError, match=r"54dof_joint_space\.yaml: embodiment file missing"):
         load_embodiment(g1_copy)
-    with pytest.raises(PosttrainError, match=r"state\.left_wrist_pose: original_key 'observation\.eef_pose' is "
-                                             r"neither 'observation\.state' nor a column declared in an "
-                                             r"embodiment\.yaml \(none found\)"):
-        Embodiment.from_files(g1_copy / "43dof_joint_space.yaml", g1_copy / "43dof_joint_space.yaml",
-                              g1_copy / "gr00t_43dof_joint_space.yaml", g1_copy / "modality.json")
+    with pytest.raises(
+        PosttrainError,
+        match=r"state\.left_wrist_pose: original_key 'observation\.eef_pose' is "
+        r"neither 'observation\.state' nor a column declared in an "
+        r"embodiment\.yaml \(none found\)",
+    ):
+        Embodiment.from_files(
+            g1_copy / "43dof_joint_space.yaml",
+            g1_copy / "43dof_joint_space.yaml",
+            g1_copy / "gr00t_43dof_joint_space.yaml",
+            g1_copy / "modality.json",
+        )

@@ -107,8 +107,9 @@ def test_data_stages_run_without_torch(tmp_path):
     import sys
 
     def posttrain(*args):
-        done = subprocess.run([sys.executable, "-c", BLOCK_NON_DATA, *map(str, args)], capture_output=True,
-                              text=True, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", BLOCK_NON_DATA, *map(str, args)], capture_output=True, text=True, cwd=tmp_path
+        )
         assert done.returncode == 0, done.stderr[-2000:]
 
     hdf5, dataset = tmp_path / "demos.hdf5", tmp_path / "lerobot"

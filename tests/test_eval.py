@@ -7,6 +7,7 @@ The real model is exercised end to end by the workflow test (a tiny training run
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tasks_helpers import relabel
 
 import posttrain.policy
 from conftest import run_cli
@@ -26,6 +28,7 @@ IMAGE_SIZE = 32
 
 class HoldStatePolicy:
     """The `posttrain.policy.Policy` interface, predicting the current state for every step."""
+
     seen_images = []
 
     def __init__(self, directory: Path):
@@ -65,8 +68,10 @@ def make_checkpoint(run_dir: Path, dataset: Path, heldout=(4, 5), step=20) -> Pa
 
 def episode(dataset: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(next(dataset.glob(f"data/*/episode_{index:06d}.parquet")))
-    return (np.array(table.column("observation.state").to_pylist(), np.float64),
-            np.array(table.column("action").to_pylist(), np.float64))
+    return (
+        np.array(table.column("observation.state").to_pylist(), np.float64),
+        np.array(table.column("action").to_pylist(), np.float64),
+    )
 
 
 def test_eval_metrics_match_independent_computation(converted_dataset, fake_policy, tmp_path, caplog):
@@ -74,8 +79,22 @@ def test_eval_metrics_match_independent_computation(converted_dataset, fake_poli
     ckpt = make_checkpoint(run_dir, converted_dataset)
     out = tmp_path / "eval"
     # A run directory resolves to DONE.json's final checkpoint.
-    assert run_cli("eval", run_dir, converted_dataset, "--output", out, "--stride", "4", "--episodes-to-plot", "1",
-                   "--batch-size", "5") == 0
+    assert (
+        run_cli(
+            "eval",
+            run_dir,
+            converted_dataset,
+            "--output",
+            out,
+            "--stride",
+            "4",
+            "--episodes-to-plot",
+            "1",
+            "--batch-size",
+            "5",
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint"] == str(ckpt) and m["step"] == 20 and m["heldout_episodes"] == [4, 5]
 
@@ -85,16 +104,17 @@ def test_eval_metrics_match_independent_computation(converted_dataset, fake_poli
     for e in (4, 5):
         state, action = episode(converted_dataset, e)
         for i in range(0, len(action) - H + 1, 4):
-            hold_err.append(state[i][None, :] - action[i:i + H])
-            mean_err.append(mean_action[None, :] - action[i:i + H])
+            hold_err.append(state[i][None, :] - action[i : i + H])
+            mean_err.append(mean_action[None, :] - action[i : i + H])
     hold_err, mean_err = np.stack(hold_err), np.stack(mean_err)
     assert m["num_chunks"] == len(hold_err)
-    assert m["hold_state"]["mse"] == pytest.approx(np.mean(hold_err ** 2), rel=1e-6)
+    assert m["hold_state"]["mse"] == pytest.approx(np.mean(hold_err**2), rel=1e-6)
     assert m["hold_state"]["mae"] == pytest.approx(np.mean(np.abs(hold_err)), rel=1e-6)
-    assert m["hold_state"]["mse_per_step"] == pytest.approx(np.mean(hold_err ** 2, axis=(0, 2)), rel=1e-6)
-    assert m["hold_state"]["groups"]["right_hand"]["mse"] == pytest.approx(np.mean(hold_err[:, :, 20:26] ** 2),
-                                                                           rel=1e-6)
-    assert m["mean_action"]["mse"] == pytest.approx(np.mean(mean_err ** 2), rel=1e-5)
+    assert m["hold_state"]["mse_per_step"] == pytest.approx(np.mean(hold_err**2, axis=(0, 2)), rel=1e-6)
+    assert m["hold_state"]["groups"]["right_hand"]["mse"] == pytest.approx(
+        np.mean(hold_err[:, :, 20:26] ** 2), rel=1e-6
+    )
+    assert m["mean_action"]["mse"] == pytest.approx(np.mean(mean_err**2), rel=1e-5)
     assert "4 train episodes" in m["baselines"]["mean_action"]
     # The stand-in policy IS the hold-state baseline.
     assert m["policy"]["mse_per_step"] == pytest.approx(m["hold_state"]["mse_per_step"], rel=1e-9)
@@ -117,7 +137,8 @@ def test_eval_metrics_match_independent_computation(converted_dataset, fake_poli
         assert b["ratio"] == pytest.approx(m["policy"]["mse"] / m[name]["mse"], rel=1e-12)
         assert b["beats"] == (b["ratio"] < 1)
         assert b["ratio_per_step"] == pytest.approx(
-            np.array(m["policy"]["mse_per_step"]) / np.array(m[name]["mse_per_step"]), rel=1e-12)
+            np.array(m["policy"]["mse_per_step"]) / np.array(m[name]["mse_per_step"]), rel=1e-12
+        )
         assert b["beats_per_step"] == [r < 1 for r in b["ratio_per_step"]]
         assert b["steps"] == H and b["steps_won"] == sum(b["beats_per_step"])
         for group, g in b["groups"].items():
@@ -129,11 +150,122 @@ def test_eval_metrics_match_independent_computation(converted_dataset, fake_poli
     assert v["summary"].startswith("The policy does not beat the ") and "hold-state 1x" in v["summary"]
     assert f"verdict: {v['summary']}" in caplog.text  # logged, and the exit status stayed 0
 
+    # One task: per_task repeats the pooled numbers exactly, and there is nothing to swap.
+    assert list(m["per_task"]) == ["0"] and m["instruction_swap"] is None
+    task = m["per_task"]["0"]
+    assert task["episodes"] == [4, 5] and task["num_chunks"] == m["num_chunks"]
+    for key in ("policy", "mean_action", "hold_state", "verdict"):
+        assert task[key] == m[key], key
+
+
+LEFT = "Reach for the red target with the left hand."
+OFFSET = 0.1  # what the stand-in adds to the left arm when told to use the left hand
+
+
+class TextPolicy(HoldStatePolicy):
+    """Holds the state, plus OFFSET on the left arm (dims 0-6) for a left-hand instruction, plus a little
+    noise drawn from the generator (so that two noise draws differ, and the same draw does not)."""
+
+    def predict(self, images, state, texts, generator=None):
+        import torch
+
+        held = super().predict(images, state, texts)
+        left = np.array(["left hand" in t for t in texts], np.float64)[:, None, None]
+        noise = torch.randn(held.shape, generator=generator, dtype=torch.float64).numpy()
+        return held + OFFSET * left * (np.arange(held.shape[2]) < 7) + 0.01 * noise
+
+
+def two_task_copy(copy_dataset) -> Path:
+    """The converted dataset with episodes 1, 3 and 5 relabelled as task 1 (the left hand)."""
+    dataset = copy_dataset()
+    relabel(dataset, [1, 3, 5], 1, LEFT)
+    return dataset
+
+
+def test_per_task_metrics_and_instruction_swap(copy_dataset, monkeypatch, tmp_path):
+    dataset = two_task_copy(copy_dataset)
+    monkeypatch.setattr(posttrain.policy, "Policy", TextPolicy)
+    make_checkpoint(tmp_path / "run", dataset)  # held out: 4 (task 0) and 5 (task 1)
+    out = tmp_path / "eval"
+    assert run_cli("eval", tmp_path / "run", dataset, "--output", out, "--stride", "3", "--batch-size", "4") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["per_task"]) == ["0", "1"]
+    right_text = LeRobotDataset(dataset).tasks[0]
+    for key, held, train, text in (("0", 4, [0, 2], right_text), ("1", 5, [1, 3], LEFT)):
+        task = m["per_task"][key]
+        assert task["task"] == text and task["task_index"] == int(key) and task["episodes"] == [held]
+        state, action = episode(dataset, held)
+        starts = range(0, len(action) - H + 1, 3)
+        truth = np.stack([action[i : i + H] for i in starts])
+        mean = np.concatenate([episode(dataset, e)[1] for e in train]).mean(axis=0)  # the task's own train mean
+        hold = np.stack([np.repeat(state[i][None], H, axis=0) for i in starts])
+        assert task["num_chunks"] == len(truth)
+        assert task["mean_action"]["mse"] == pytest.approx(np.mean((mean - truth) ** 2), rel=1e-5)
+        assert task["hold_state"]["mse"] == pytest.approx(np.mean((hold - truth) ** 2), rel=1e-6)
+        assert "2 train episodes" in task["baselines"]["mean_action"]
+        assert task["verdict"]["baselines"]["mean_action"]["ratio"] == pytest.approx(
+            task["policy"]["mse"] / task["mean_action"]["mse"]
+        )
+    assert sum(t["num_chunks"] for t in m["per_task"].values()) == m["num_chunks"]
+
+    # The swap moves the left arm by OFFSET, from the same noise: exactly OFFSET² on 7 of 26 dims.
+    swap = m["instruction_swap"]
+    assert swap["per_task"]["0"]["swapped_to"] == LEFT and swap["per_task"]["1"]["swapped_to"] == right_text
+    assert swap["change_mse"] == pytest.approx(OFFSET**2 * 7 / 26, rel=1e-9)
+    assert swap["change_mse_groups"]["left_arm"] == pytest.approx(OFFSET**2, rel=1e-9)
+    assert swap["change_mse_groups"]["right_arm"] == pytest.approx(0, abs=1e-12)
+    assert swap["resample_mse"] == pytest.approx(2 * 0.01**2, rel=0.1)  # two independent noise draws
+    assert swap["change_vs_resample"] > 10 and swap["follows_instruction"]
+    assert swap["swapped_mse"] > swap["policy_mse"] and swap["summary"].startswith("The policy follows")
+
+    page = tmp_path / "metrics.html"
+    assert run_cli("report", "metrics", out / "metrics.json", "--output", page) == 0
+    text = page.read_text()
+    assert f"<td class='l'>1</td><td class='l'>{LEFT}</td><td class='l'>5</td>" in text
+    assert "Instruction swap: does the policy follow the instruction?" in text
+    assert f"<p class='ok'>{html.escape(swap['summary'])}</p>" in text and "How to read it" in text
+
+
+def test_a_policy_that_ignores_the_instruction_does_not_follow_it(copy_dataset, fake_policy, tmp_path):
+    dataset = two_task_copy(copy_dataset)
+    make_checkpoint(tmp_path / "run", dataset)
+    assert run_cli("eval", tmp_path / "run", dataset, "--output", tmp_path / "eval", "--stride", "4") == 0
+    swap = json.loads((tmp_path / "eval" / "metrics.json").read_text())["instruction_swap"]
+    assert swap["change_mse"] == 0 and not swap["follows_instruction"]
+    assert swap["summary"].startswith("The policy does not follow the instruction")
+
+
+def test_a_task_without_held_out_episodes_is_named(copy_dataset, monkeypatch, tmp_path):
+    """The split holds out the last episodes: here both are of task 0, so task 1 is listed, unevaluated."""
+    dataset = copy_dataset()
+    relabel(dataset, [1, 3], 1, LEFT)
+    monkeypatch.setattr(posttrain.policy, "Policy", TextPolicy)
+    make_checkpoint(tmp_path / "run", dataset)
+    out = tmp_path / "eval"
+    assert run_cli("eval", tmp_path / "run", dataset, "--output", out, "--stride", "4") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["per_task"]["1"] == {
+        "task_index": 1,
+        "task": LEFT,
+        "episodes": [],
+        "num_chunks": 0,
+        "policy": None,
+        "mean_action": None,
+        "hold_state": None,
+        "verdict": None,
+    }
+    assert m["per_task"]["0"]["num_chunks"] == m["num_chunks"]
+    assert list(m["instruction_swap"]["per_task"]) == ["0"]  # task 0's chunks, told task 1
+    page = tmp_path / "metrics.html"
+    assert run_cli("report", "metrics", out / "metrics.json", "--output", page) == 0
+    assert f"No held-out episode of task 1 ({LEFT})" in page.read_text()
+
 
 def summaries(**errors) -> dict:
     """error_summary() of hand-made (chunks, H=4, D=4) error arrays: arm = dims 0-1, hand = dims 2-3."""
-    return {name: error_summary(np.asarray(e, np.float64), [("arm", 0, 2), ("hand", 2, 4)])
-            for name, e in errors.items()}
+    return {
+        name: error_summary(np.asarray(e, np.float64), [("arm", 0, 2), ("hand", 2, 4)]) for name, e in errors.items()
+    }
 
 
 def constant(arm: float, hand: float, steps=(1, 1, 1, 1)) -> np.ndarray:
@@ -151,14 +283,17 @@ def test_verdict_wins_everywhere_and_loses_everywhere():
     assert hold["ratio"] == pytest.approx(100) and not hold["beats"] and hold["steps_won"] == 0
     assert hold["beats_per_step"] == [False] * 4 and not hold["groups"]["hand"]["beats"]
     assert v["beats_all_baselines"] is False
-    assert v["summary"] == ("The policy does not beat the hold-state baseline on the held-out episodes "
-                            "(policy/baseline MSE: mean-action 0.01x, hold-state 100x); it does not beat "
-                            "hold-state at any of the 4 horizon steps or in any action group.")
+    assert v["summary"] == (
+        "The policy does not beat the hold-state baseline on the held-out episodes "
+        "(policy/baseline MSE: mean-action 0.01x, hold-state 100x); it does not beat "
+        "hold-state at any of the 4 horizon steps or in any action group."
+    )
     # Without the losing baseline (hold state not applicable) the policy beats all there is.
     v = verdict(s["policy"], {"mean_action": s["mean_action"], "hold_state": None})
     assert list(v["baselines"]) == ["mean_action"] and v["beats_all_baselines"] is True
-    assert v["summary"] == ("The policy beats the mean-action baseline on the held-out episodes "
-                            "(policy/baseline MSE: mean-action 0.01x).")
+    assert v["summary"] == (
+        "The policy beats the mean-action baseline on the held-out episodes (policy/baseline MSE: mean-action 0.01x)."
+    )
 
 
 def test_verdict_mixed_per_step_with_a_tie():
@@ -229,16 +364,18 @@ def test_action_dim_mismatch_names_both_files(converted_dataset, fake_policy, tm
     stats["action"] = {k: v[:20] for k, v in stats["action"].items()}
     (ckpt / "stats.json").write_text(json.dumps(stats))
     assert run_cli("eval", ckpt, converted_dataset, "--output", tmp_path / "eval") == 2
-    assert last_error(capsys) == (f"error: {ckpt / 'stats.json'}: action has 20 dims but "
-                                  f"{converted_dataset / 'meta' / 'info.json'} says 26")
+    assert last_error(capsys) == (
+        f"error: {ckpt / 'stats.json'}: action has 20 dims but {converted_dataset / 'meta' / 'info.json'} says 26"
+    )
 
 
 def test_missing_heldout_episodes(converted_dataset, fake_policy, tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "run", converted_dataset, heldout=(5, 99))
     assert run_cli("eval", ckpt, converted_dataset, "--output", tmp_path / "eval") == 2
     err = last_error(capsys)
-    assert err.startswith(f"error: {ckpt / 'split.json'}: heldout_episodes [99] not in "
-                          f"{converted_dataset / 'meta' / 'episodes.jsonl'}")
+    assert err.startswith(
+        f"error: {ckpt / 'split.json'}: heldout_episodes [99] not in {converted_dataset / 'meta' / 'episodes.jsonl'}"
+    )
     assert not (tmp_path / "eval").exists()
 
 
@@ -250,8 +387,10 @@ def test_gr00t_checkpoint_prints_the_isaac_gr00t_command(converted_dataset, fake
     assert run_cli("eval", ckpt, converted_dataset, "--output", tmp_path / "eval") == 2
     err = last_error(capsys)
     assert "Isaac-GR00T checkpoint" in err
-    assert (f"python gr00t/eval/open_loop_eval.py --model-path {ckpt.resolve()} --dataset-path "
-            f"{converted_dataset.resolve()} --embodiment-tag GR1 --traj-ids 0 1 2 3 4 5 --action-horizon 16") in err
+    assert (
+        f"python gr00t/eval/open_loop_eval.py --model-path {ckpt.resolve()} --dataset-path "
+        f"{converted_dataset.resolve()} --embodiment-tag GR1 --traj-ids 0 1 2 3 4 5 --action-horizon 16"
+    ) in err
     assert not (tmp_path / "eval").exists()
 
 
@@ -259,9 +398,28 @@ def test_real_tiny_training_run_end_to_end(converted_dataset, tmp_path):
     """The real trainer and policy: train 20 steps, evaluate the final checkpoint twice (seeded:
     identical metrics), and render the run's report pages from the real outputs."""
     run_dir = tmp_path / "run"
-    assert run_cli("train", "--dataset", converted_dataset, "--output", run_dir, "--preset", "tiny",
-                   "--max-steps", "20", "--save-steps", "10", "--global-batch-size", "8",
-                   "--holdout-episodes", "2", "--dataloader-num-workers", "0") == 0
+    assert (
+        run_cli(
+            "train",
+            "--dataset",
+            converted_dataset,
+            "--output",
+            run_dir,
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "20",
+            "--save-steps",
+            "10",
+            "--global-batch-size",
+            "8",
+            "--holdout-episodes",
+            "2",
+            "--dataloader-num-workers",
+            "0",
+        )
+        == 0
+    )
     split = json.loads((run_dir / "checkpoint-20" / "split.json").read_text())
     first, second = tmp_path / "eval1", tmp_path / "eval2"
     for out in (first, second):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from posttrain import export, lerobot, statistics, video
+from posttrain import export, lerobot, stats_math, video
 from posttrain.files import write_text_atomic
 
 CAMERA = "observation.images.ego_view"
@@ -48,7 +48,8 @@ def test_info_is_v3_with_the_same_features(converted_dataset, exported):
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     assert {k: info[k] for k in ("total_episodes", "total_frames", "total_tasks", "fps", "splits")} == {
-        k: source[k] for k in ("total_episodes", "total_frames", "total_tasks", "fps", "splits")}
+        k: source[k] for k in ("total_episodes", "total_frames", "total_tasks", "fps", "splits")
+    }
     assert list(info["features"]) == list(source["features"])
     for key, feature in source["features"].items():
         expected = feature if feature["dtype"] == "video" else dict(feature, fps=50)  # lerobot: fps per column
@@ -64,8 +65,9 @@ def test_rows_are_the_source_rows_in_files_of_whole_episodes(converted_dataset, 
     for row, episode in zip(rows, data.episodes):
         assert row["length"] == episode["length"] and row["tasks"] == episode["tasks"]
         assert row["dataset_to_index"] - row["dataset_from_index"] == episode["length"]
-        path = exported / export.DATA_PATH.format(chunk_index=row["data/chunk_index"],
-                                                  file_index=row["data/file_index"])
+        path = exported / export.DATA_PATH.format(
+            chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+        )
         table = pq.read_table(path)
         first = table.column("index").to_pylist().index(row["dataset_from_index"])
         assert table.slice(first, episode["length"]).equals(data.read_table(episode["episode_index"]))
@@ -88,7 +90,7 @@ def test_video_frames_are_the_source_frames_at_their_timestamps(converted_datase
             start = round(row[f"videos/{CAMERA}/from_timestamp"] * data.fps)
             assert row[f"videos/{CAMERA}/to_timestamp"] == pytest.approx((start + row["length"]) / data.fps)
             source = data.read_video(row["episode_index"], CAMERA)
-            np.testing.assert_array_equal(decoded[start:start + row["length"]], source)  # stream copy: same pixels
+            np.testing.assert_array_equal(decoded[start : start + row["length"]], source)  # stream copy: same pixels
         assert len(decoded) == sum(r["length"] for r in members)
 
 
@@ -153,12 +155,16 @@ def test_output_may_not_be_the_input(converted_dataset, capsys):
 
 def test_episodes_table_keeps_int_and_bool_stats(converted_dataset):
     data = lerobot.LeRobotDataset(converted_dataset)
-    stats = {line["episode_index"]: line["stats"]
-             for line in lerobot.read_jsonl(converted_dataset / "meta/episodes_stats.jsonl")}
+    stats = {
+        line["episode_index"]: line["stats"]
+        for line in lerobot.read_jsonl(converted_dataset / "meta/episodes_stats.jsonl")
+    }
     table = export.episodes_table(data, [{} for _ in data.episodes], stats)
     assert table.schema.field("stats/index/min").type == pa.list_(pa.int64())
     assert table.schema.field("stats/next.done/max").type == pa.list_(pa.bool_())
     assert table.schema.field(f"stats/{CAMERA}/mean").type == pa.list_(pa.list_(pa.list_(pa.float64())))
-    assert statistics.image_sample_count(data.episodes[0]["length"]) == table.column(
-        f"stats/{CAMERA}/count").to_pylist()[0][0]
+    assert (
+        stats_math.image_sample_count(data.episodes[0]["length"])
+        == table.column(f"stats/{CAMERA}/count").to_pylist()[0][0]
+    )
     assert json.dumps(table.column("tasks").to_pylist()[0]) == json.dumps(data.episodes[0]["tasks"])

@@ -35,8 +35,23 @@ def tiny_h5(tmp_path_factory) -> Path:
 def slow_h5(tmp_path_factory) -> Path:
     """Long enough to encode (with --preset placebo) that a test can act while workers run."""
     path = tmp_path_factory.mktemp("slow") / "slow.hdf5"
-    assert run_cli("synth", path, "--episodes", "2", "--min-frames", "120", "--max-frames", "120",
-                   "--image-size", "128", "--seed", "2") == 0
+    assert (
+        run_cli(
+            "synth",
+            path,
+            "--episodes",
+            "2",
+            "--min-frames",
+            "120",
+            "--max-frames",
+            "120",
+            "--image-size",
+            "128",
+            "--seed",
+            "2",
+        )
+        == 0
+    )
     return path
 
 
@@ -56,6 +71,7 @@ def convert_cmd(h5: Path, out: Path, *extra) -> list[str]:
 
 
 # --- item 1: outputs never replace what the project did not write -------------------------------
+
 
 def test_convert_refuses_a_directory_it_did_not_write(tiny_h5, tmp_path, capsys):
     out = tmp_path / "mine"
@@ -106,6 +122,7 @@ def test_rerun_replaces_its_own_output_and_an_old_unmarked_one(tiny_h5, tmp_path
 def test_eval_refuses_an_unrelated_directory_before_any_work(converted_dataset, tmp_path, monkeypatch, capsys):
     def must_not_run(*args, **kwargs):
         raise AssertionError("eval started although its output would replace unrelated files")
+
     monkeypatch.setattr(posttrain.eval, "evaluate_checkpoint", must_not_run)
     checkpoint, out = tmp_path / "checkpoint-1", tmp_path / "plots"
     checkpoint.mkdir()
@@ -134,6 +151,7 @@ def test_replace_swaps_in_one_step_without_a_moment_without_output(tmp_path, mon
 
     def no_two_step(*args):
         raise AssertionError("the output was moved aside: it would be missing for a moment")
+
     monkeypatch.setattr(files.os, "replace", no_two_step)
     files.replace_directory(new, final)
     monkeypatch.undo()
@@ -153,6 +171,7 @@ def test_killed_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
         if Path(dst) == final:  # the second rename: the old output has just been moved aside
             raise SystemExit("killed")  # stands in for SIGKILL between the renames
         real_replace(src, dst)
+
     monkeypatch.setattr(files.os, "replace", killed_after_first)
     with pytest.raises(SystemExit), files.atomic_directory(final, "dataset") as tmp:
         (tmp / "f").write_text("new")
@@ -164,6 +183,7 @@ def test_killed_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
 
 
 # --- item 6: failed demos -------------------------------------------------------------------------
+
 
 def with_failed(tiny_h5: Path, folder: Path, failed: list[str]) -> Path:
     path = Path(shutil.copy(tiny_h5, folder / "demos.hdf5"))
@@ -193,8 +213,9 @@ def test_failed_demos_are_skipped_recorded_and_verify_passes(tiny_h5, tmp_path, 
     for name in ("source.json", "info.json", "episodes.jsonl"):
         assert (gathered / "meta" / name).read_bytes() == (out / "meta" / name).read_bytes()
     # a gather under another setting than its shards is refused
-    assert run_cli("convert", "--input", h5, "--output", gathered, "--gather", *shards,
-                   "--failed-demos", "include") == 2
+    assert (
+        run_cli("convert", "--input", h5, "--output", gathered, "--gather", *shards, "--failed-demos", "include") == 2
+    )
     assert "settings.failed_demos" in one_error(capsys)
 
 
@@ -218,6 +239,7 @@ def test_all_demos_failed_is_a_clear_error(tiny_h5, tmp_path, capsys):
 
 # --- item 7: the environment's faults -------------------------------------------------------------
 
+
 def test_read_only_file_system_is_one_line(tiny_h5, tmp_path, monkeypatch, capsys):
     readonly = tmp_path / "ro"
     real_mkdir = os.mkdir
@@ -226,6 +248,7 @@ def test_read_only_file_system_is_one_line(tiny_h5, tmp_path, monkeypatch, capsy
         if str(path).startswith(str(readonly)):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_mkdir(path, *args, **kwargs)
+
     monkeypatch.setattr(os, "mkdir", erofs)
     assert run_cli("convert", "--input", tiny_h5, "--output", readonly / "lerobot") == 2
     line = one_error(capsys)
@@ -239,6 +262,7 @@ def test_disk_full_names_the_output_and_the_space_needed(tiny_h5, tmp_path, monk
         if "episode_000000" not in str(path):
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
         real_write(path, table)
+
     monkeypatch.setattr(lerobot, "write_table", full_after_first)
     out = tmp_path / "lerobot"
     assert run_cli("convert", "--input", tiny_h5, "--output", out, "--workers", "1") == 2
@@ -251,6 +275,7 @@ def test_disk_full_names_the_output_and_the_space_needed(tiny_h5, tmp_path, monk
 def test_environment_oserror_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
     def quota(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "demos.hdf5"))
+
     monkeypatch.setattr("posttrain.synth.write_synthetic", quota)
     assert run_cli("synth", tmp_path / "demos.hdf5") == 2
     line = one_error(capsys)
@@ -261,7 +286,7 @@ def test_unknown_preset_is_refused_before_any_work(tiny_h5, tmp_path, monkeypatc
     monkeypatch.setattr(convert, "validate_input", lambda *a: pytest.fail("the HDF5 was read first"))
     assert run_cli("convert", "--input", tiny_h5, "--output", tmp_path / "out", "--preset", "fastest") == 2
     line = one_error(capsys)
-    assert "'fastest'" in line and "convert.video.preset" in line and "placebo" in line
+    assert line.startswith("error: --preset: invalid choice: 'fastest'") and "placebo" in line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -286,8 +311,12 @@ def test_killed_worker_names_the_episode_and_memory(tiny_h5, tmp_path, monkeypat
 
 def test_second_convert_into_the_same_output_is_refused(slow_h5, tmp_path, capsys):
     out = tmp_path / "lerobot"
-    first = subprocess.Popen(convert_cmd(slow_h5, out, "--workers", "1", "--preset", "placebo"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        convert_cmd(slow_h5, out, "--workers", "1", "--preset", "placebo"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob(".lerobot.tmp-*")):
@@ -303,6 +332,7 @@ def test_second_convert_into_the_same_output_is_refused(slow_h5, tmp_path, capsy
 
 # --- item 8: no orphans ------------------------------------------------------------------------------
 
+
 def process_table() -> dict[int, tuple[int, str, str]]:
     """pid -> (parent pid, state, command name) of every process, from /proc."""
     table = {}
@@ -312,7 +342,7 @@ def process_table() -> dict[int, tuple[int, str, str]]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            name, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
             table[int(entry.name)] = (int(rest[1]), rest[0], name)
     return table
 
@@ -331,8 +361,11 @@ def descendants(pid: int) -> dict[int, str]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_and_encoders_die_with_the_convert_process(slow_h5, tmp_path, sig):
-    proc = subprocess.Popen(convert_cmd(slow_h5, tmp_path / "out", "--workers", "2", "--preset", "placebo"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        convert_cmd(slow_h5, tmp_path / "out", "--workers", "2", "--preset", "placebo"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while sum(name.startswith("ffmpeg") for name in descendants(proc.pid).values()) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "convert ended before both encoders ran"
@@ -342,8 +375,9 @@ def test_workers_and_encoders_die_with_the_convert_process(slow_h5, tmp_path, si
     proc.wait()
     deadline = time.monotonic() + 20
     while True:
-        alive = {pid: name for pid, name in children.items()
-                 if pid in (table := process_table()) and table[pid][1] != "Z"}
+        alive = {
+            pid: name for pid, name in children.items() if pid in (table := process_table()) and table[pid][1] != "Z"
+        }
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -353,6 +387,7 @@ def test_workers_and_encoders_die_with_the_convert_process(slow_h5, tmp_path, si
 
 
 # --- item 9: smaller ones -------------------------------------------------------------------------
+
 
 def test_stats_refuses_episodes_missing_from_episodes_jsonl(copy_dataset, capsys):
     ds = copy_dataset()
@@ -377,9 +412,14 @@ def test_zeroed_second_half_of_an_hdf5_says_it_is_damaged(tiny_h5, tmp_path, cap
 
 def test_upload_dry_run_rejects_an_invalid_repo_id(converted_dataset, capsys):
     for bad in ("user/name/extra", "bad..name", "-leading"):
-        assert run_cli("hub", "upload", converted_dataset, f"--repo-id={bad}", "--repo-type", "dataset",
-                       "--dry-run") == 2
+        assert (
+            run_cli("hub", "upload", converted_dataset, f"--repo-id={bad}", "--repo-type", "dataset", "--dry-run") == 2
+        )
         line = one_error(capsys)
         assert f"--repo-id {bad!r}: not a valid Hub repository id" in line
-    assert run_cli("hub", "upload", converted_dataset, "--repo-id", "user/good-name.v2", "--repo-type",
-                   "dataset", "--dry-run") == 0
+    assert (
+        run_cli(
+            "hub", "upload", converted_dataset, "--repo-id", "user/good-name.v2", "--repo-type", "dataset", "--dry-run"
+        )
+        == 0
+    )

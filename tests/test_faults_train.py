@@ -21,23 +21,46 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
+from conftest import run_cli
 from posttrain.errors import PosttrainError
 from posttrain.lerobot import content_fingerprint
 from posttrain.policy import Policy
 from posttrain.runs import canonical, damage, make_identity, seal
 
-RUN = ["--max-steps", "8", "--save-steps", "4", "--save-total-limit", "2", "--global-batch-size", "4",
-       "--dataloader-num-workers", "0", "--logging-steps", "1", "--learning-rate", "1e-3"]
+RUN = [
+    "--max-steps",
+    "8",
+    "--save-steps",
+    "4",
+    "--save-total-limit",
+    "2",
+    "--global-batch-size",
+    "4",
+    "--dataloader-num-workers",
+    "0",
+    "--logging-steps",
+    "1",
+    "--learning-rate",
+    "1e-3",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train(dataset, output: Path, *extra: str, cwd: Path | None = None, status: int = 0) -> str:
     """Run `posttrain train` in a subprocess; return its stderr (the log)."""
-    command = [sys.executable, "-m", "posttrain.cli", "train", "--dataset", str(dataset), "--output", str(output),
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "posttrain.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(output),
+        *extra,
+    ]
     result = subprocess.run(command, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -81,8 +104,11 @@ def run_dir(finished, tmp_path) -> Path:
 
 # --- identity: fast unit checks ----------------------------------------------------------------
 def test_identity_compares_options_by_meaning():
-    assert canonical({"max_steps": 800.0, "lr": 1e-4, "path": Path("a")}) == {"lr": 0.0001, "max_steps": 800,
-                                                                             "path": "a"}
+    assert canonical({"max_steps": 800.0, "lr": 1e-4, "path": Path("a")}) == {
+        "lr": 0.0001,
+        "max_steps": 800,
+        "path": "a",
+    }
     one = make_identity({"max_steps": 800, "learning_rate": 1e-4}, {"data": "x"}, "code")
     assert one == make_identity({"learning_rate": 0.0001, "max_steps": 800.0}, {"data": "x"}, "code")
     assert one["id"] != make_identity({"max_steps": 800, "learning_rate": 1e-4}, {"data": "y"}, "code")["id"]
@@ -133,13 +159,15 @@ def test_dataset_named_by_a_relative_path_resumes_the_run(work, run_dir):
     assert json.loads((run_dir / "DONE.json").read_text())["final_checkpoint"] == "checkpoint-8"
 
 
+@pytest.mark.slow
 def test_another_option_sets_the_old_run_aside_and_starts_over(work, run_dir):
     before = (run_dir / "checkpoint-8" / "model.safetensors").read_bytes()
     old_id = json.loads((run_dir / "checkpoint-8" / "identity.json").read_text())["id"]
     changed = RUN[:-1] + ["5e-4"]
     log = train(work / "data", run_dir, *changed)
-    assert ("set aside checkpoint-4, checkpoint-8, tensorboard, DONE.json (another run: learning_rate: 0.001 -> "
-            "0.0005)") in log and "training starts at step 0" in log, warnings(log)
+    assert (
+        "set aside checkpoint-4, checkpoint-8, tensorboard, DONE.json (another run: learning_rate: 0.001 -> 0.0005)"
+    ) in log and "training starts at step 0" in log, warnings(log)
     [aside] = superseded(run_dir)
     assert aside.name.endswith(f"-{old_id[:12]}")
     assert (aside / "checkpoint-8" / "model.safetensors").read_bytes() == before  # kept, not deleted
@@ -169,8 +197,23 @@ def test_new_language_instruction_retrains(work, run_dir, tmp_path):
 
 def test_new_data_in_the_same_place_retrains_on_it(work, run_dir, tmp_path):
     """Other demos (another synth seed) converted into the dataset's folder: the model learns them."""
-    assert run_cli("synth", tmp_path / "other.hdf5", "--episodes", "6", "--min-frames", "40", "--max-frames", "56",
-                   "--image-size", "64", "--seed", "4") == 0
+    assert (
+        run_cli(
+            "synth",
+            tmp_path / "other.hdf5",
+            "--episodes",
+            "6",
+            "--min-frames",
+            "40",
+            "--max-frames",
+            "56",
+            "--image-size",
+            "64",
+            "--seed",
+            "4",
+        )
+        == 0
+    )
     assert run_cli("convert", "--input", tmp_path / "other.hdf5", "--output", tmp_path / "other") == 0
     assert run_cli("stats", tmp_path / "other") == 0
     dataset = tmp_path / "data"
@@ -190,8 +233,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(work, fin
     size = damaged.stat().st_size
     damaged.write_bytes(damaged.read_bytes()[: size // 2])  # a disk that filled up, a copy cut short
     log = train(work / "data", run_dir, *RUN)
-    assert f"set aside checkpoint-8 (damaged: {name}: {size // 2} bytes, manifest.json says {size})" in log, \
-        warnings(log)
+    assert f"set aside checkpoint-8 (damaged: {name}: {size // 2} bytes, manifest.json says {size})" in log, warnings(
+        log
+    )
     assert f"resumed from {run_dir / 'checkpoint-4'} (step 4)" in log
     [aside] = superseded(run_dir)
     assert aside.name.endswith("-damaged") and (aside / "checkpoint-8" / name).stat().st_size == size // 2
@@ -207,9 +251,12 @@ def test_diverging_run_stops_at_the_first_non_finite_step(work, tmp_path):
     out = tmp_path / "run"
     log = train(work / "data", out, *RUN[:-1], "1e4", "--save-steps", "1", status=2)
     last = log.strip().splitlines()[-1]
-    match = re.fullmatch(rf"error: {re.escape(str(out))}: step (\d+): loss \S+, gradient norm \S+: training "
-                         r"diverged; stopped without DONE\.json \(last checkpoint: \S+\); lower --learning-rate "
-                         r"\(now 10000\) or check the dataset", last)
+    match = re.fullmatch(
+        rf"error: {re.escape(str(out))}: step (\d+): loss \S+, gradient norm \S+: training "
+        r"diverged; stopped without DONE\.json \(last checkpoint: \S+\); lower --learning-rate "
+        r"\(now 10000\) or check the dataset",
+        last,
+    )
     assert match, last
     assert not (out / "DONE.json").exists()
     saved = sorted(out.glob("checkpoint-*"))

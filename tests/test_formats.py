@@ -4,11 +4,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import GOLDEN
 from posttrain import lerobot, video
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, write_json_atomic
-
-from conftest import GOLDEN
 
 
 def smooth_frames(n=30, h=48, w=64):
@@ -78,10 +77,13 @@ def test_probe_names_a_file_that_is_not_a_video(tmp_path):
 
 def test_episode_table_matches_golden_schema_except_annotation_name(tmp_path):
     golden = pq.read_table(GOLDEN / "data/chunk-000/episode_000000.parquet")
-    ours = lerobot.episode_columns(np.ones((4, 26)), np.zeros((4, 26)), episode_index=3, first_index=10,
-                                   fps=50, task_index=0)
-    renamed = [("annotation.human.action.task_description" if n == "human.task_description" else n)
-               for n in golden.schema.names]
+    ours = lerobot.episode_columns(
+        np.ones((4, 26)), np.zeros((4, 26)), episode_index=3, first_index=10, fps=50, task_index=0
+    )
+    renamed = [
+        ("annotation.human.action.task_description" if n == "human.task_description" else n)
+        for n in golden.schema.names
+    ]
     assert ours.schema.names == renamed
     for name, golden_name in zip(ours.schema.names, golden.schema.names):
         assert ours.schema.field(name).type == golden.schema.field(golden_name).type, name
@@ -98,8 +100,15 @@ def test_same_table_gives_same_parquet_bytes(tmp_path):
 
 
 def test_build_info_counts_chunks_in_use_and_splits_all_episodes():
-    info = lerobot.build_info(robot_type="gr1", episode_lengths=[5] * 1001, num_tasks=1, fps=50, chunks_size=1000,
-                              features={}, video_keys=["observation.images.ego_view"])
+    info = lerobot.build_info(
+        robot_type="gr1",
+        episode_lengths=[5] * 1001,
+        num_tasks=1,
+        fps=50,
+        chunks_size=1000,
+        features={},
+        video_keys=["observation.images.ego_view"],
+    )
     assert info["total_chunks"] == 2 and info["splits"] == {"train": "0:1001"}
     assert info["total_frames"] == 5005 and info["total_videos"] == 1001
     golden_keys = list(lerobot.read_json(GOLDEN / "meta/info.json"))
@@ -143,6 +152,7 @@ def test_atomic_outputs_are_readable_by_others(tmp_path):
 
 def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
     from posttrain.files import atomic_file
+
     target = tmp_path / "model.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
@@ -164,6 +174,13 @@ def test_every_feature_has_names_and_the_video_both_spellings():
     feature = lerobot.video_feature(480, 640, 50.0)
     assert feature["names"] == ["height", "width", "channels"]  # lerobot's spelling (Arena's: "channel")
     assert feature["video_info"]["video.fps"] == 50.0 and feature["video_info"]["video.width"] == 640  # GR00T's
-    assert feature["info"] == {"video.height": 480, "video.width": 640, "video.codec": "h264",
-                               "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": 50,
-                               "video.channels": 3, "has_audio": False}
+    assert feature["info"] == {
+        "video.height": 480,
+        "video.width": 640,
+        "video.codec": "h264",
+        "video.pix_fmt": "yuv420p",
+        "video.is_depth_map": False,
+        "video.fps": 50,
+        "video.channels": 3,
+        "has_audio": False,
+    }

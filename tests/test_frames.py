@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
+from conftest import run_cli
 from posttrain.data import TrainingSamples
 from posttrain.errors import PosttrainError
+from posttrain.frames import decode_camera
 from posttrain.lerobot import LeRobotDataset
 from posttrain.policy import Normalizer, PolicyConfig
 from posttrain.video import VideoSettings, encode_video, read_frames
@@ -42,8 +43,15 @@ def frames32(converted_dataset, tmp_path_factory) -> Path:
 def samples(dataset: Path, frames: Path | None, image_size: int = 32) -> TrainingSamples:
     ds = LeRobotDataset(dataset)
     config = PolicyConfig.from_preset("tiny", image_size=image_size)
-    return TrainingSamples(ds, [e["episode_index"] for e in ds.episodes], Normalizer(ds.stats, ds.modality, config),
-                           color_jitter_params=JITTER, state_dropout_prob=0.5, seed=7, frames=frames)
+    return TrainingSamples(
+        ds,
+        [e["episode_index"] for e in ds.episodes],
+        Normalizer(ds.stats, ds.modality, config),
+        color_jitter_params=JITTER,
+        state_dropout_prob=0.5,
+        seed=7,
+        frames=frames,
+    )
 
 
 def error_line(capsys, *args) -> str:
@@ -57,8 +65,8 @@ def test_frames_hold_exactly_the_decoded_pixels(converted_dataset, frames32):
     array = np.load(frames32 / index["cameras"][CAMERA], mmap_mode="r")
     assert array.shape == (sum(e["length"] for e in ds.episodes), 32, 32, 3) and array.dtype == np.uint8
     for episode in index["episodes"]:
-        decoded = ds.read_video(episode["episode_index"], CAMERA, size=(32, 32))  # the trainer's decode call
-        rows = array[episode["offset"]:episode["offset"] + episode["length"]]
+        decoded = decode_camera(ds, episode["episode_index"], CAMERA, 32)  # the trainer's and eval's decode call
+        rows = array[episode["offset"] : episode["offset"] + episode["length"]]
         assert np.array_equal(rows, decoded), episode
     assert json.loads((frames32 / ".posttrain.json").read_text()) == {"stage": "frames"}
     assert [p.name for p in frames32.parent.iterdir()] == ["frames"]  # no temporary directory or lock left
@@ -71,8 +79,9 @@ def test_samples_from_frames_are_bit_identical_to_decoded_samples(converted_data
         a, b = decoded[(index, 1000 + index)], framed[(index, 1000 + index)]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), index
     # DataLoader workers read through their own file descriptors, with the same result.
-    loader = torch.utils.data.DataLoader(framed, batch_size=None, sampler=[(i, i) for i in range(0, 60, 7)],
-                                         num_workers=2)
+    loader = torch.utils.data.DataLoader(
+        framed, batch_size=None, sampler=[(i, i) for i in range(0, 60, 7)], num_workers=2
+    )
     for (index, _), sample in zip([(i, i) for i in range(0, 60, 7)], loader):
         assert torch.equal(sample["images"], decoded[(index, index)]["images"])
 
@@ -104,32 +113,46 @@ def test_bad_video_fails_with_one_line_and_leaves_no_output(copy_dataset, tmp_pa
     dataset = copy_dataset()
     ds = LeRobotDataset(dataset)
     video, rows = ds.video_path(1, CAMERA), ds.episodes[1]["length"]
-    encode_video(video, ds.read_video(1, CAMERA)[:rows - 3], fps=ds.fps)
+    encode_video(video, ds.read_video(1, CAMERA)[: rows - 3], fps=ds.fps)
     out = tmp_path / "out" / "frames"
-    assert error_line(capsys, "frames", dataset, "--image-size", 32, "--output", out, "--workers", 2) == \
-        f"error: {video}: episode 1: {rows - 3} video frames, expected {rows} (meta/episodes.jsonl length)"
+    assert (
+        error_line(capsys, "frames", dataset, "--image-size", 32, "--output", out, "--workers", 2)
+        == f"error: {video}: episode 1: {rows - 3} video frames, expected {rows} (meta/episodes.jsonl length)"
+    )
     assert not out.exists() and list(out.parent.iterdir()) == []
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert "this stage only replaces its own outputs" in error_line(
-        capsys, "frames", dataset, "--image-size", 32, "--output", foreign)
+        capsys, "frames", dataset, "--image-size", 32, "--output", foreign
+    )
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_frames_stage_runs_without_torch(converted_dataset, tmp_path):
     """The frames rule runs in the data environment (envs/convert.yaml): no torch there."""
-    blocked = ("import sys\n"
-               "class Block:\n"
-               "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in {'torch', 'accelerate', 'safetensors'}:\n"
-               "            raise ImportError(name + ' is not in the data extra')\n"
-               "sys.meta_path.insert(0, Block())\n"
-               "from posttrain.cli import main\n"
-               "sys.exit(main(sys.argv[1:]))\n")
-    command = [sys.executable, "-c", blocked, "frames", str(converted_dataset), "--image-size", "16", "--output",
-               str(tmp_path / "frames")]
+    blocked = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'accelerate', 'safetensors'}:\n"
+        "            raise ImportError(name + ' is not in the data extra')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from posttrain.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        blocked,
+        "frames",
+        str(converted_dataset),
+        "--image-size",
+        "16",
+        "--output",
+        str(tmp_path / "frames"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "frame size for reading" not in done.stderr  # imageio-ffmpeg's per-video warning is silenced
@@ -143,14 +166,35 @@ def test_scaled_decoding_logs_no_size_warning(converted_dataset, caplog):
 
 
 def train(dataset: Path, output: Path, *extra) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "posttrain.cli", "train", "--dataset", str(dataset), "--output", str(output),
-               "--holdout-episodes", "1", "--global-batch-size", "4", "--max-steps", "4", "--save-steps", "4",
-               "--logging-steps", "1", "--dataloader-num-workers", "1", *map(str, extra)]
+    command = [
+        sys.executable,
+        "-m",
+        "posttrain.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(output),
+        "--holdout-episodes",
+        "1",
+        "--global-batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "4",
+        "--logging-steps",
+        "1",
+        "--dataloader-num-workers",
+        "1",
+        *map(str, extra),
+    ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
+@pytest.mark.slow
 def test_training_with_frames_is_the_same_run(converted_dataset, tmp_path):
     frames = tmp_path / "frames64"
     assert run_cli("frames", converted_dataset, "--image-size", 64, "--output", frames) == 0
@@ -176,8 +220,14 @@ def test_base_preset_loss_falls_on_cpu(converted_dataset, tmp_path):
     assert run_cli("frames", converted_dataset, "--image-size", 64, "--output", frames) == 0
     ds = LeRobotDataset(converted_dataset)
     config = PolicyConfig.from_preset("base", image_size=64, vision_tokens_per_side=4)  # 4x4 patches of 16
-    data = TrainingSamples(ds, [0, 1, 2, 3, 4], Normalizer(ds.stats, ds.modality, config), color_jitter_params=JITTER,
-                           seed=0, frames=frames)
+    data = TrainingSamples(
+        ds,
+        [0, 1, 2, 3, 4],
+        Normalizer(ds.stats, ds.modality, config),
+        color_jitter_params=JITTER,
+        seed=0,
+        frames=frames,
+    )
     loader = torch.utils.data.DataLoader(data, batch_sampler=StepSampler(len(data), 8, 1, 0, 1, 0, 0, 40))
     torch.manual_seed(0)
     model = PolicyModel(config)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import GOLDEN, REPO, SHARED, run_cli
+from conftest import GOLDEN, REPO, SHARED, run_cli, synth_and_convert
 from posttrain import lerobot
 from posttrain.lerobot import LeRobotDataset, column_to_numpy
 
@@ -23,8 +23,11 @@ G1_YAML = G1_REF / "g1_locomanip_config.yaml"
 G1_DIR = REPO / "config" / "embodiments" / "g1"
 CAMERA = "robot_head_cam_rgb"
 EEF = (("left_eef_pos", 0, 3), ("left_eef_quat", 3, 7), ("right_eef_pos", 7, 10), ("right_eef_quat", 10, 14))
-TELEOP = {"base_height_cmd": "teleop.base_height_command", "navigate_cmd": "teleop.navigate_command",
-          "torso_orientation_rpy_cmd": "teleop.torso_orientation_rpy_command"}
+TELEOP = {
+    "base_height_cmd": "teleop.base_height_command",
+    "navigate_cmd": "teleop.navigate_command",
+    "torso_orientation_rpy_cmd": "teleop.torso_orientation_rpy_command",
+}
 
 
 def golden_table():
@@ -39,8 +42,14 @@ def sim_columns() -> np.ndarray:
     sim = yaml.safe_load((embodiment / "43dof_joint_space.yaml").read_text())["joints"]
     groups = yaml.safe_load((embodiment / "gr00t_43dof_joint_space.yaml").read_text())["joints"]
     modality = json.loads((embodiment / "modality.json").read_text())["state"]
-    return np.array([sim[name] for group, entry in modality.items()
-                     if entry["original_key"] == "observation.state" for name in groups[group]])
+    return np.array(
+        [
+            sim[name]
+            for group, entry in modality.items()
+            if entry["original_key"] == "observation.state"
+            for name in groups[group]
+        ]
+    )
 
 
 def write_golden_hdf5(path: Path, rows: int | None = None, frame_size: tuple[int, int] = (48, 64)) -> Path:
@@ -69,8 +78,14 @@ def write_golden_hdf5(path: Path, rows: int | None = None, frame_size: tuple[int
                 demo.create_dataset(f"{group}/{name}", data=with_last_step(columns[column][:, start:end]))
         for name, column in TELEOP.items():
             demo.create_dataset(f"action/{name}", data=with_last_step(columns[column]))
-        demo.create_dataset(f"camera_obs/{CAMERA}", shape=(rows + 1, *frame_size, 3), dtype=np.uint8,
-                            chunks=(8, *frame_size, 3), compression="gzip", fillvalue=90)
+        demo.create_dataset(
+            f"camera_obs/{CAMERA}",
+            shape=(rows + 1, *frame_size, 3),
+            dtype=np.uint8,
+            chunks=(8, *frame_size, 3),
+            compression="gzip",
+            fillvalue=90,
+        )
         demo.attrs["num_samples"] = rows + 1
         f["data"].attrs["total"] = rows + 1
     return path
@@ -110,13 +125,17 @@ def assert_reproduces_golden(out: Path, video_shape: list[int]) -> None:
     for key, feature in golden_info["features"].items():  # dtype, shape and joint names of every column
         ours = info["features"][key]
         assert (ours["dtype"], ours.get("names") if "names" in feature and key != video else None) == (
-            feature["dtype"], feature.get("names") if key != video else None), key
+            feature["dtype"],
+            feature.get("names") if key != video else None,
+        ), key
         assert ours["shape"] == (video_shape if key == video else feature["shape"]), key
     height, width, _ = video_shape
-    assert info["features"][video]["video_info"] == dict(golden_info["features"][video]["video_info"],
-                                                         **{"video.height": height, "video.width": width})
+    assert info["features"][video]["video_info"] == dict(
+        golden_info["features"][video]["video_info"], **{"video.height": height, "video.width": width}
+    )
     assert json.loads((out / "meta" / "modality.json").read_text()) == json.loads(
-        (G1_GOLDEN / "meta" / "modality.json").read_text())
+        (G1_GOLDEN / "meta" / "modality.json").read_text()
+    )
     for name in ("tasks.jsonl", "episodes.jsonl"):
         assert lerobot.read_jsonl(out / "meta" / name) == lerobot.read_jsonl(G1_GOLDEN / "meta" / name), name
 
@@ -143,8 +162,24 @@ def test_embodiment_g1_reproduces_the_golden_episode(golden_hdf5, tmp_path):
     config/embodiments/g1/; only the task is given."""
     doc = yaml.safe_load(G1_YAML.read_text())
     out = tmp_path / "out"
-    assert run_cli("convert", "--input", golden_hdf5, "--output", out, "--embodiment", "g1", "--task-index",
-                   doc["task_index"], "--language-instruction", doc["language_instruction"], "--workers", "1") == 0
+    assert (
+        run_cli(
+            "convert",
+            "--input",
+            golden_hdf5,
+            "--output",
+            out,
+            "--embodiment",
+            "g1",
+            "--task-index",
+            doc["task_index"],
+            "--language-instruction",
+            doc["language_instruction"],
+            "--workers",
+            "1",
+        )
+        == 0
+    )
     assert_reproduces_golden(out, [48, 64, 3])  # a non-square camera keeps its H x W
 
 
@@ -167,19 +202,32 @@ def test_renamed_datasets_and_gr1_yaml_with_g1_keys(golden_hdf5, tmp_path, capsy
         for group in ("obs", "action"):
             f.move(f"data/demo_0/{group}/left_eef_pos", f"data/demo_0/{group}/left_wrist_pos")
         f.move("data/demo_0/action/navigate_cmd", "data/demo_0/action/walk_cmd")
-    config = g1_yaml(tmp_path, tmp_path, "renamed.hdf5", left_eef_pos_name_sim="left_wrist_pos",
-                     teleop_navigate_command_name_sim="walk_cmd", original_image_size=[48, 64, 3],
-                     target_image_size=[48, 64, 3])
+    config = g1_yaml(
+        tmp_path,
+        tmp_path,
+        "renamed.hdf5",
+        left_eef_pos_name_sim="left_wrist_pos",
+        teleop_navigate_command_name_sim="walk_cmd",
+        original_image_size=[48, 64, 3],
+        target_image_size=[48, 64, 3],
+    )
     assert run_cli("convert", "--config", config, "--output", tmp_path / "out", "--workers", "1") == 0
     assert_reproduces_golden(tmp_path / "out", [48, 64, 3])
     assert LeRobotDataset(tmp_path / "out").source["columns"]["teleop.navigate_command"] == ["action/walk_cmd"]
     capsys.readouterr()
 
-    gr1_files = {"policy_joints_config_path": "gr00t_26dof_joint_space.yaml", "modality_template_path": "modality.json",
-                 "state_joints_config_path": "54dof_joint_space.yaml",
-                 "action_joints_config_path": "36dof_joint_space.yaml"}
-    gr1 = g1_yaml(tmp_path, tmp_path, "renamed.hdf5",
-                  **{key: f"isaaclab_arena_gr00t/embodiments/gr1/{name}" for key, name in gr1_files.items()})
+    gr1_files = {
+        "policy_joints_config_path": "gr00t_26dof_joint_space.yaml",
+        "modality_template_path": "modality.json",
+        "state_joints_config_path": "54dof_joint_space.yaml",
+        "action_joints_config_path": "36dof_joint_space.yaml",
+    }
+    gr1 = g1_yaml(
+        tmp_path,
+        tmp_path,
+        "renamed.hdf5",
+        **{key: f"isaaclab_arena_gr00t/embodiments/gr1/{name}" for key, name in gr1_files.items()},
+    )
     assert run_cli("convert", "--config", gr1, "--output", tmp_path / "gr1_out", "--workers", "1") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {gr1}: left_eef_pos_name_sim: embodiment gr1 declares no column") and "\n" not in err
@@ -192,25 +240,35 @@ def _replace(f: h5py.File, key: str, data) -> None:
 
 
 DAMAGE = {
-    "missing eef dataset": (lambda f: f["data/demo_0/obs"].__delitem__("left_eef_quat"),
-                            "data/demo_0/obs/left_eef_quat: missing; data/demo_0/obs has: left_eef_pos, "
-                            "right_eef_pos, right_eef_quat, robot_joint_pos"),
-    "missing action group": (lambda f: f["data/demo_0"].__delitem__("action"),
-                             "data/demo_0/action/left_eef_pos: missing; data/demo_0 has: camera_obs, obs, "
-                             "processed_actions"),
-    "misshapen teleop": (lambda f: _replace(f, "data/demo_0/action/navigate_cmd",
-                                            f["data/demo_0/action/navigate_cmd"][:, :2]),
-                         "data/demo_0/action/navigate_cmd: shape (11, 2), expected (T, 3)"),
-    "1-D teleop": (lambda f: _replace(f, "data/demo_0/action/base_height_cmd",
-                                      f["data/demo_0/action/base_height_cmd"][:, 0]),
-                   "data/demo_0/action/base_height_cmd: shape (11,), expected (T, 1)"),
-    "short eef": (lambda f: _replace(f, "data/demo_0/action/right_eef_pos", f["data/demo_0/action/right_eef_pos"][:-1]),
-                  "data/demo_0/action/right_eef_pos: 10 rows, but the action has 11"),
-    "NaN eef": (lambda f: f["data/demo_0/obs/right_eef_quat"].__setitem__((4, 2), np.nan),
-                "data/demo_0/obs/right_eef_quat: NaN at row 4, column 2"),
-    "integer teleop": (lambda f: _replace(f, "data/demo_0/action/torso_orientation_rpy_cmd",
-                                          np.zeros((11, 3), np.int32)),
-                       "data/demo_0/action/torso_orientation_rpy_cmd: dtype int32, expected float32"),
+    "missing eef dataset": (
+        lambda f: f["data/demo_0/obs"].__delitem__("left_eef_quat"),
+        "data/demo_0/obs/left_eef_quat: missing; data/demo_0/obs has: left_eef_pos, "
+        "right_eef_pos, right_eef_quat, robot_joint_pos",
+    ),
+    "missing action group": (
+        lambda f: f["data/demo_0"].__delitem__("action"),
+        "data/demo_0/action/left_eef_pos: missing; data/demo_0 has: camera_obs, obs, processed_actions",
+    ),
+    "misshapen teleop": (
+        lambda f: _replace(f, "data/demo_0/action/navigate_cmd", f["data/demo_0/action/navigate_cmd"][:, :2]),
+        "data/demo_0/action/navigate_cmd: shape (11, 2), expected (T, 3)",
+    ),
+    "1-D teleop": (
+        lambda f: _replace(f, "data/demo_0/action/base_height_cmd", f["data/demo_0/action/base_height_cmd"][:, 0]),
+        "data/demo_0/action/base_height_cmd: shape (11,), expected (T, 1)",
+    ),
+    "short eef": (
+        lambda f: _replace(f, "data/demo_0/action/right_eef_pos", f["data/demo_0/action/right_eef_pos"][:-1]),
+        "data/demo_0/action/right_eef_pos: 10 rows, but the action has 11",
+    ),
+    "NaN eef": (
+        lambda f: f["data/demo_0/obs/right_eef_quat"].__setitem__((4, 2), np.nan),
+        "data/demo_0/obs/right_eef_quat: NaN at row 4, column 2",
+    ),
+    "integer teleop": (
+        lambda f: _replace(f, "data/demo_0/action/torso_orientation_rpy_cmd", np.zeros((11, 3), np.int32)),
+        "data/demo_0/action/torso_orientation_rpy_cmd: dtype int32, expected float32",
+    ),
 }
 
 
@@ -242,13 +300,22 @@ def test_float64_eef_keeps_its_precision(tmp_path):
 @pytest.fixture(scope="module")
 def g1_synth_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """`posttrain synth --embodiment g1` (a non-square camera) converted with `--embodiment g1`, stats written."""
-    root = tmp_path_factory.mktemp("g1_synth")
-    hdf5, out = root / "g1.hdf5", root / "lerobot"
-    assert run_cli("synth", hdf5, "--embodiment", "g1", "--episodes", "3", "--min-frames", "40", "--max-frames",
-                   "50", "--image-size", "48x64", "--seed", "4") == 0
-    assert run_cli("convert", "--input", hdf5, "--output", out, "--embodiment", "g1", "--workers", "2") == 0
-    assert run_cli("stats", out) == 0
-    return hdf5, out
+    return synth_and_convert(
+        tmp_path_factory.mktemp("g1_synth"),
+        "--embodiment",
+        "g1",
+        "--episodes",
+        "3",
+        "--min-frames",
+        "40",
+        "--max-frames",
+        "50",
+        "--image-size",
+        "48x64",
+        "--seed",
+        "4",
+        convert_args=["--embodiment", "g1"],
+    )
 
 
 def test_synthetic_g1_converts_to_the_golden_schema(g1_synth_dataset):
@@ -272,8 +339,9 @@ def test_synthetic_g1_converts_to_the_golden_schema(g1_synth_dataset):
 def test_verify_handles_a_non_square_camera(g1_synth_dataset, tmp_path, capsys):
     hdf5, out = g1_synth_dataset
     report_dir = tmp_path / "verify"
-    assert run_cli("verify", out, "--source", hdf5, "--output", report_dir, "--sampled-frames", "4",
-                   "--workers", "2") == 0
+    assert (
+        run_cli("verify", out, "--source", hdf5, "--output", report_dir, "--sampled-frames", "4", "--workers", "2") == 0
+    )
     report = json.loads((report_dir / "report.json").read_text())
     assert report["passed"] and report["psnr_db"]["min"] >= 35 and report["psnr_db"]["frames_compared"] == 3 * 10
     # a one-frame shift is still caught on 48 x 64 frames
@@ -283,6 +351,23 @@ def test_verify_handles_a_non_square_camera(g1_synth_dataset, tmp_path, capsys):
     source["drop_frame"] = "last"
     (shifted / "meta" / "source.json").write_text(json.dumps(source))
     capsys.readouterr()
-    assert run_cli("verify", shifted, "--source", hdf5, "--output", tmp_path / "verify2", "--sampled-frames", "6",
-                   "--preview-episodes", "0", "--min-psnr-db", "20", "--workers", "2") == 2
+    assert (
+        run_cli(
+            "verify",
+            shifted,
+            "--source",
+            hdf5,
+            "--output",
+            tmp_path / "verify2",
+            "--sampled-frames",
+            "6",
+            "--preview-episodes",
+            "0",
+            "--min-psnr-db",
+            "20",
+            "--workers",
+            "2",
+        )
+        == 2
+    )
     assert "video_alignment" in capsys.readouterr().err

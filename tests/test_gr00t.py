@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-STAND_IN = '''\
+STAND_IN = """\
 import json, sys
 from pathlib import Path
 args = sys.argv[1:]
@@ -31,21 +30,27 @@ out.mkdir(parents=True, exist_ok=True)
 steps, every = int(args[args.index("--max-steps") + 1]), int(args[args.index("--save-steps") + 1])
 for step in range(every, steps + 1, every):
     (out / f"checkpoint-{step}").mkdir(exist_ok=True)
-'''
+"""
 
 # shared/docs/gr00t_n16.md §3, the Arena GR1 seed commands (without --use-wandb: our config's
 # use_wandb is false), then the optimizer settings GR00T would otherwise default (equal values).
-SEED_8GPU = ("--embodiment-tag GR1 --num-gpus 8 --global-batch-size 96 --max-steps 20000 --save-steps 5000 "
-             "--save-total-limit 5 --dataloader-num-workers 16 --no-tune-llm --tune-visual --tune-projector "
-             "--tune-diffusion-model --color-jitter-params brightness 0.3 contrast 0.4 saturation 0.5 hue 0.08")
-SEED_1GPU = ("--embodiment-tag GR1 --num-gpus 1 --global-batch-size 16 --max-steps 30000 --save-steps 5000 "
-             "--save-total-limit 3 --dataloader-num-workers 4 --no-tune-llm --tune-visual --tune-projector "
-             "--tune-diffusion-model --color-jitter-params brightness 0.3 contrast 0.4 saturation 0.5 hue 0.08")
+SEED_8GPU = (
+    "--embodiment-tag GR1 --num-gpus 8 --global-batch-size 96 --max-steps 20000 --save-steps 5000 "
+    "--save-total-limit 5 --dataloader-num-workers 16 --no-tune-llm --tune-visual --tune-projector "
+    "--tune-diffusion-model --color-jitter-params brightness 0.3 contrast 0.4 saturation 0.5 hue 0.08"
+)
+SEED_1GPU = (
+    "--embodiment-tag GR1 --num-gpus 1 --global-batch-size 16 --max-steps 30000 --save-steps 5000 "
+    "--save-total-limit 3 --dataloader-num-workers 4 --no-tune-llm --tune-visual --tune-projector "
+    "--tune-diffusion-model --color-jitter-params brightness 0.3 contrast 0.4 saturation 0.5 hue 0.08"
+)
 OPTIMIZER = "--learning-rate 0.0001 --weight-decay 1e-05 --warmup-ratio 0.05 --gradient-accumulation-steps 1"
 # config/hw/gpu1.yaml, sized for 24 GB (tests/test_memory_budget.py): the per-embodiment projector
 # only (the seed's tuning needs ~40 GB), 2 x 8 samples per optimizer step = the seed's batch of 16.
 GPU1_24GB = SEED_1GPU.replace("--global-batch-size 16", "--global-batch-size 8").replace(
-    "--tune-visual --tune-projector --tune-diffusion-model", "--no-tune-visual --tune-projector --no-tune-diffusion-model")
+    "--tune-visual --tune-projector --tune-diffusion-model",
+    "--no-tune-visual --tune-projector --no-tune-diffusion-model",
+)
 OPTIMIZER_2X = OPTIMIZER.replace("--gradient-accumulation-steps 1", "--gradient-accumulation-steps 2")
 
 
@@ -74,14 +79,43 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def planned_train_args(profile: str, stand_in: Path, tmp_path: Path) -> list[str]:
     """`posttrain train ...` arguments of the train job the profile plans with backend gr00t."""
     overlay = tmp_path / "gr00t.yaml"
-    overlay.write_text(json.dumps({"train": {"backend": "gr00t", "gr00t": {
-        "repo": str(stand_in), "modality_config_path": str(tmp_path / "gr1_arms_only_data_config.py")}}}))
+    overlay.write_text(
+        json.dumps(
+            {
+                "train": {
+                    "backend": "gr00t",
+                    "gr00t": {
+                        "repo": str(stand_in),
+                        "modality_config_path": str(tmp_path / "gr1_arms_only_data_config.py"),
+                    },
+                }
+            }
+        )
+    )
     hw = {"single-gpu": "gpu1", "single-gpu-48gb": "gpu1-48gb", "local8gpu": "gpu8"}[profile]
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "--workflow-profile", "none",
-         "--directory", str(tmp_path / "plan"), "-n", "-p", "-F", "--configfile",
-         str(REPO / "config" / "config.yaml"), str(REPO / "config" / "hw" / f"{hw}.yaml"), str(overlay)],
-        capture_output=True, text=True, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            f"profiles/{profile}",
+            "--workflow-profile",
+            "none",
+            "--directory",
+            str(tmp_path / "plan"),
+            "-n",
+            "-p",
+            "-F",
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            str(REPO / "config" / "hw" / f"{hw}.yaml"),
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     command = next(line for line in result.stdout.splitlines() if "posttrain train" in line)
     command = re.split(r" (?:>>|2>&1) ", command.split("posttrain train", 1)[1], maxsplit=1)[0]
@@ -89,11 +123,18 @@ def planned_train_args(profile: str, stand_in: Path, tmp_path: Path) -> list[str
 
 
 def seed_flags(stand_in: Path, workdir: Path, output_dir: Path, seed: str, optimizer: str = OPTIMIZER) -> list[str]:
-    return ["--base-model-path", "nvidia/GR00T-N1.6-3B",
-            "--dataset-path", str(workdir / "results" / "synthetic_gr1" / "lerobot"),
-            "--output-dir", str(output_dir),
-            "--modality-config-path", str(stand_in.parent / "gr1_arms_only_data_config.py"),
-            *seed.split(), *optimizer.split()]
+    return [
+        "--base-model-path",
+        "nvidia/GR00T-N1.6-3B",
+        "--dataset-path",
+        str(workdir / "results" / "synthetic_gr1" / "lerobot"),
+        "--output-dir",
+        str(output_dir),
+        "--modality-config-path",
+        str(stand_in.parent / "gr1_arms_only_data_config.py"),
+        *seed.split(),
+        *optimizer.split(),
+    ]
 
 
 def gr00t_dirs(run_dir: Path) -> list[Path]:
@@ -103,6 +144,7 @@ def gr00t_dirs(run_dir: Path) -> list[Path]:
     return found
 
 
+@pytest.mark.slow
 def test_single_gpu_preset_runs_the_24gb_command(stand_in, workdir, tmp_path):
     args = planned_train_args("single-gpu", stand_in, tmp_path)
     assert run_cli("train", *args) == 0
@@ -115,6 +157,7 @@ def test_single_gpu_preset_runs_the_24gb_command(stand_in, workdir, tmp_path):
     assert done["final_checkpoint"] == f"{out.name}/checkpoint-30000" and done["step"] == 30000
 
 
+@pytest.mark.slow
 def test_8gpu_preset_prints_the_seed_torchrun_command(stand_in, workdir, tmp_path, capsys):
     args = planned_train_args("local8gpu", stand_in, tmp_path)
     assert run_cli("train", *args, "--print-command") == 0
@@ -124,11 +167,16 @@ def test_8gpu_preset_prints_the_seed_torchrun_command(stand_in, workdir, tmp_pat
     out = Path(command[command.index("--output-dir") + 1])
     assert out.parent == run_dir and re.fullmatch(r"gr00t-[0-9a-f]{12}", out.name)
     assert Path(command[0]).name == "torchrun"
-    assert command[1:] == ["--nproc_per_node=8", "--standalone", str(script),
-                           *seed_flags(stand_in, workdir, out, SEED_8GPU)]
+    assert command[1:] == [
+        "--nproc_per_node=8",
+        "--standalone",
+        str(script),
+        *seed_flags(stand_in, workdir, out, SEED_8GPU),
+    ]
     assert not run_dir.exists()  # printing the command writes nothing
 
 
+@pytest.mark.slow
 def test_48gb_preset_prints_the_seed_single_gpu_command(stand_in, workdir, tmp_path, capsys):
     args = planned_train_args("single-gpu-48gb", stand_in, tmp_path)
     assert run_cli("train", *args, "--print-command") == 0
@@ -140,8 +188,22 @@ def test_48gb_preset_prints_the_seed_single_gpu_command(stand_in, workdir, tmp_p
 
 
 def base_args(stand_in: Path, *extra: str) -> list[str]:
-    return ["train", "--backend", "gr00t", "--dataset", "results/synthetic_gr1/lerobot", "--output", "run",
-            "--gr00t-repo", str(stand_in), "--max-steps", "4", "--save-steps", "2", *extra]
+    return [
+        "train",
+        "--backend",
+        "gr00t",
+        "--dataset",
+        "results/synthetic_gr1/lerobot",
+        "--output",
+        "run",
+        "--gr00t-repo",
+        str(stand_in),
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "2",
+        *extra,
+    ]
 
 
 def output_dir_of(run_dir: Path) -> Path:
@@ -157,8 +219,10 @@ def test_same_run_resumes_and_another_run_trains_in_a_fresh_directory(stand_in, 
     assert json.loads((run_dir / "DONE.json").read_text())["final_checkpoint"] == f"{first.name}/checkpoint-4"
 
     # The same run, the dataset spelled as an absolute path: GR00T resumes it in the same directory.
-    absolute = [a if a != "results/synthetic_gr1/lerobot" else str(workdir / "results/synthetic_gr1/lerobot")
-                for a in base_args(stand_in)]
+    absolute = [
+        a if a != "results/synthetic_gr1/lerobot" else str(workdir / "results/synthetic_gr1/lerobot")
+        for a in base_args(stand_in)
+    ]
     caplog.clear()
     assert run_cli(*absolute) == 0
     assert gr00t_dirs(run_dir) == [first] and f"resuming from run/{first.name}/checkpoint-4" in caplog.text
@@ -169,7 +233,7 @@ def test_same_run_resumes_and_another_run_trains_in_a_fresh_directory(stand_in, 
     second = output_dir_of(run_dir)
     assert second != first and gr00t_dirs(run_dir) == sorted([first, second])
     assert (first / "checkpoint-4").is_dir() and "resuming" not in caplog.text
-    assert "is another run (learning_rate: 0.0003 -> 5e-05): kept" in caplog.text
+    assert "is another run (learning_rate: 0.001 -> 5e-05): kept" in caplog.text
     argv = json.loads((second / "argv.json").read_text())
     assert argv[argv.index("--output-dir") + 1] == str(second)
 
@@ -193,14 +257,22 @@ def test_no_resume_moves_the_old_run_aside(stand_in, workdir, caplog):
     assert output_dir_of(run_dir) == first and not (first / "checkpoint-4" / "weights").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--gr00t-repo", "nowhere"], "launch_finetune.py: not found: --gr00t-repo nowhere is not an Isaac-GR00T checkout"),
-    (["--num-gpus", "3", "--global-batch-size", "32"], "--global-batch-size 32 is not divisible by --num-gpus 3"),
-    (["--num-gpus", "2", "--gradient-accumulation-steps", "3"],
-     "--global-batch-size 32 is not divisible by --num-gpus 2 x --gradient-accumulation-steps 3"),
-    (["--num-gpus", "0"], "--num-gpus 0: the gr00t backend needs at least one GPU"),
-    (["--color-jitter-params", "sharpness", "0.1"], "--color-jitter-params: unknown key 'sharpness'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--gr00t-repo", "nowhere"],
+            "launch_finetune.py: not found: --gr00t-repo nowhere is not an Isaac-GR00T checkout",
+        ),
+        (["--num-gpus", "3", "--global-batch-size", "32"], "--global-batch-size 32 is not divisible by --num-gpus 3"),
+        (
+            ["--num-gpus", "2", "--gradient-accumulation-steps", "3"],
+            "--global-batch-size 32 is not divisible by --num-gpus 2 x --gradient-accumulation-steps 3",
+        ),
+        (["--num-gpus", "0"], "--num-gpus: must be >= 1, got 0"),
+        (["--color-jitter-params", "sharpness", "0.1"], "--color-jitter-params: unknown key 'sharpness'"),
+    ],
+)
 def test_bad_options_fail_before_launching(stand_in, workdir, capsys, extra, message):
     assert run_cli(*base_args(stand_in, *extra)) == 2
     assert message in capsys.readouterr().err
@@ -228,8 +300,12 @@ def test_missing_dataset_files_fail_before_launching(stand_in, workdir, capsys):
 def test_global_batch_is_per_optimizer_step_with_accumulation(stand_in, workdir, capsys):
     """GR00T multiplies its --global-batch-size by --gradient-accumulation-steps; ours is the batch
     per optimizer step (as the native trainer's), so GR00T gets global / accumulation."""
-    assert run_cli(*base_args(stand_in, "--global-batch-size", "16", "--gradient-accumulation-steps", "4",
-                              "--print-command")) == 0
+    assert (
+        run_cli(
+            *base_args(stand_in, "--global-batch-size", "16", "--gradient-accumulation-steps", "4", "--print-command")
+        )
+        == 0
+    )
     command = shlex.split(capsys.readouterr().out.strip())
     flag = {name: command[command.index(name) + 1] for name in ("--global-batch-size", "--gradient-accumulation-steps")}
     assert flag == {"--global-batch-size": "4", "--gradient-accumulation-steps": "4"}

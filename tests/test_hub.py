@@ -43,10 +43,20 @@ def put_in_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes], revi
 
 def hub_cli(tmp_path: Path, cache: Path, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_TOKEN=TOKEN,
-               HF_HUB_DISABLE_TELEMETRY="1")
-    result = subprocess.run([sys.executable, "-m", "posttrain.cli", "hub", *map(str, args)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    env.update(
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_OFFLINE="1",
+        HF_TOKEN=TOKEN,
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "posttrain.cli", "hub", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert TOKEN not in result.stdout + result.stderr
     return result
 
@@ -59,8 +69,21 @@ def cache(tmp_path) -> Path:
 def test_download_hdf5_offline_from_cache(tmp_path, cache, synth_hdf5):
     put_in_cache(cache, REPO_ID, {"task/demos_generated.hdf5": synth_hdf5, "README.md": b"# demos\n"})
     out = tmp_path / "results" / "ds" / "raw.hdf5"
-    r = hub_cli(tmp_path, cache, "download", "--repo-id", REPO_ID, "--revision", REVISION, "--format", "hdf5",
-                "--path", "task/demos_generated.hdf5", "--output", out)
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "download",
+        "--repo-id",
+        REPO_ID,
+        "--revision",
+        REVISION,
+        "--format",
+        "hdf5",
+        "--path",
+        "task/demos_generated.hdf5",
+        "--output",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == synth_hdf5.read_bytes()
     assert COMMIT in r.stderr  # the resolved snapshot is logged for provenance
@@ -68,14 +91,30 @@ def test_download_hdf5_offline_from_cache(tmp_path, cache, synth_hdf5):
 
 
 def test_download_lerobot_offline_skips_downloaded_stats(tmp_path, cache, converted_dataset):
-    files = {f"task_100/lerobot/{p.relative_to(converted_dataset).as_posix()}": p
-             for p in converted_dataset.rglob("*") if p.is_file()}
+    files = {
+        f"task_100/lerobot/{p.relative_to(converted_dataset).as_posix()}": p
+        for p in converted_dataset.rglob("*")
+        if p.is_file()
+    }
     files["task_100/demos.hdf5"] = b"not part of the dataset"
     files["other/lerobot/meta/info.json"] = b"{}"
     put_in_cache(cache, REPO_ID, files)
     out = tmp_path / "results" / "ds" / "lerobot"
-    r = hub_cli(tmp_path, cache, "download", "--repo-id", REPO_ID, "--revision", REVISION, "--format", "lerobot",
-                "--include", "task_100/lerobot/**", "--output", out)
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "download",
+        "--repo-id",
+        REPO_ID,
+        "--revision",
+        REVISION,
+        "--format",
+        "lerobot",
+        "--include",
+        "task_100/lerobot/**",
+        "--output",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     got = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     want = {p.relative_to(converted_dataset).as_posix() for p in converted_dataset.rglob("*") if p.is_file()}
@@ -92,8 +131,19 @@ def test_download_lerobot_offline_skips_downloaded_stats(tmp_path, cache, conver
 
 def test_unknown_repo_offline_is_one_clear_line(tmp_path, cache):
     put_in_cache(cache, REPO_ID, {"a.hdf5": b"x"})
-    r = hub_cli(tmp_path, cache, "download", "--repo-id", "acme/missing", "--format", "hdf5", "--path", "a.hdf5",
-                "--output", tmp_path / "raw.hdf5")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "download",
+        "--repo-id",
+        "acme/missing",
+        "--format",
+        "hdf5",
+        "--path",
+        "a.hdf5",
+        "--output",
+        tmp_path / "raw.hdf5",
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error: hub dataset acme/missing@main: a.hdf5: not in the local Hub cache")
@@ -103,16 +153,46 @@ def test_unknown_repo_offline_is_one_clear_line(tmp_path, cache):
 
 def test_unknown_path_offline_is_one_clear_line(tmp_path, cache):
     put_in_cache(cache, REPO_ID, {"a.hdf5": b"x"})
-    r = hub_cli(tmp_path, cache, "download", "--repo-id", REPO_ID, "--revision", REVISION, "--format", "hdf5",
-                "--path", "nope/b.hdf5", "--output", tmp_path / "raw.hdf5")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "download",
+        "--repo-id",
+        REPO_ID,
+        "--revision",
+        REVISION,
+        "--format",
+        "hdf5",
+        "--path",
+        "nope/b.hdf5",
+        "--output",
+        tmp_path / "raw.hdf5",
+    )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith(
-        f"error: hub dataset {REPO_ID}@{REVISION}: nope/b.hdf5: not in the local Hub cache")
-    r = hub_cli(tmp_path, cache, "download", "--repo-id", REPO_ID, "--revision", REVISION, "--format", "lerobot",
-                "--include", "nope/lerobot/**", "--output", tmp_path / "lerobot")
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: hub dataset {REPO_ID}@{REVISION}: nope/b.hdf5: not in the local Hub cache")
+    )
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "download",
+        "--repo-id",
+        REPO_ID,
+        "--revision",
+        REVISION,
+        "--format",
+        "lerobot",
+        "--include",
+        "nope/lerobot/**",
+        "--output",
+        tmp_path / "lerobot",
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
-        f"error: hub dataset {REPO_ID}@{REVISION}: no files match --include nope/lerobot/**")
+        f"error: hub dataset {REPO_ID}@{REVISION}: no files match --include nope/lerobot/**"
+    )
     assert not (tmp_path / "lerobot").exists()
 
 
@@ -126,19 +206,35 @@ def test_upload_dry_run_lists_operations_without_network(tmp_path, cache):
     (ckpt / ".partial.tmp").write_text("hidden")
     (tmp_path / "run" / "DONE.json").write_text('{"final_checkpoint": "checkpoint-20", "step": 20}')
     # A run directory stands for its final checkpoint (DONE.json).
-    r = hub_cli(tmp_path, cache, "upload", "--repo-id", "acme/policy", "--repo-type", "model", tmp_path / "run",
-                "--path-in-repo", "checkpoints/run", "--exclude", "optimizer.bin", "--dry-run")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "upload",
+        "--repo-id",
+        "acme/policy",
+        "--repo-type",
+        "model",
+        tmp_path / "run",
+        "--path-in-repo",
+        "checkpoints/run",
+        "--exclude",
+        "optimizer.bin",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[:-1] == ["add checkpoints/run/model.safetensors (100 bytes)",
-                          "add checkpoints/run/model_config.json (2 bytes)",
-                          "add checkpoints/run/sub/x.txt (3 bytes)"]
+    assert lines[:-1] == [
+        "add checkpoints/run/model.safetensors (100 bytes)",
+        "add checkpoints/run/model_config.json (2 bytes)",
+        "add checkpoints/run/sub/x.txt (3 bytes)",
+    ]
     assert lines[-1] == "3 files, 105 bytes -> model acme/policy"
 
 
 def test_upload_of_missing_path_fails(tmp_path, cache):
-    r = hub_cli(tmp_path, cache, "upload", "--repo-id", "acme/ds", "--repo-type", "dataset", tmp_path / "nope",
-                "--dry-run")
+    r = hub_cli(
+        tmp_path, cache, "upload", "--repo-id", "acme/ds", "--repo-type", "dataset", tmp_path / "nope", "--dry-run"
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: nothing to upload (not found)"
 
@@ -147,6 +243,7 @@ def test_upload_of_missing_path_fails(tmp_path, cache):
 def split_card(text: str) -> tuple[dict, str]:
     """YAML front matter and body of a README.md card, as the Hub reads them."""
     import yaml
+
     assert text.startswith("---\n")
     head, body = text[4:].split("\n---\n", 1)
     return yaml.safe_load(head), body
@@ -158,16 +255,29 @@ def card_line(result) -> str:
 
 def test_dataset_upload_adds_the_card_lerobot_writes(tmp_path, cache, converted_dataset):
     from posttrain import hub
-    r = hub_cli(tmp_path, cache, "upload", converted_dataset, "--repo-id", "acme/gr1-demos", "--repo-type",
-                "dataset", "--dry-run")
+
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "upload",
+        converted_dataset,
+        "--repo-id",
+        "acme/gr1-demos",
+        "--repo-type",
+        "dataset",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     card = hub.dataset_card(converted_dataset, "acme/gr1-demos", "apache-2.0")
     assert card_line(r) == f"add README.md ({len(card.encode())} bytes, generated card)"
     assert "add meta/info.json" in r.stdout and "add data/chunk-000/episode_000000.parquet" in r.stdout
     fields, body = split_card(card)
-    assert fields == {"license": "apache-2.0", "task_categories": ["robotics"],
-                      "tags": ["LeRobot", "GR00T", "isaac-lab"],
-                      "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}]}
+    assert fields == {
+        "license": "apache-2.0",
+        "task_categories": ["robotics"],
+        "tags": ["LeRobot", "GR00T", "isaac-lab"],
+        "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}],
+    }
     parquet = [p.relative_to(converted_dataset).as_posix() for p in converted_dataset.rglob("*.parquet")]
     assert parquet and all(fnmatch.fnmatch(p, fields["configs"][0]["data_files"]) for p in parquet)
     info = json.loads(body.split("```json\n", 1)[1].split("\n```", 1)[0])  # meta/info.json, as the visualiser shows it
@@ -178,16 +288,41 @@ def test_dataset_upload_adds_the_card_lerobot_writes(tmp_path, cache, converted_
 
 def test_card_license_and_a_readme_of_its_own(tmp_path, cache, copy_dataset):
     dataset = copy_dataset()
-    r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset",
-                "--license", "cc-by-4.0", "--dry-run")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "upload",
+        dataset,
+        "--repo-id",
+        "acme/ds",
+        "--repo-type",
+        "dataset",
+        "--license",
+        "cc-by-4.0",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     from posttrain import hub
+
     assert split_card(hub.dataset_card(dataset, "acme/ds", "cc-by-4.0"))[0]["license"] == "cc-by-4.0"
     (dataset / "README.md").write_text("# mine\n")
     r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset", "--dry-run")
     assert card_line(r) == "add README.md (7 bytes)"  # the user's own, never replaced
-    r = hub_cli(tmp_path, cache, "upload", dataset, "--repo-id", "acme/ds", "--repo-type", "dataset",
-                "--path-in-repo", "task_1/lerobot", "--exclude", "README.md", "--dry-run")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "upload",
+        dataset,
+        "--repo-id",
+        "acme/ds",
+        "--repo-type",
+        "dataset",
+        "--path-in-repo",
+        "task_1/lerobot",
+        "--exclude",
+        "README.md",
+        "--dry-run",
+    )
     assert "README.md" not in r.stdout  # into a folder: the root card belongs to the whole repository
 
 
@@ -198,14 +333,20 @@ def make_run(tmp_path, eval_step):
     ckpt.mkdir(parents=True)
     (ckpt / "model.safetensors").write_bytes(b"w" * 10)
     (ckpt / "model_config.json").write_text('{"preset": "tiny"}')
-    (ckpt / "train_config.json").write_text(json.dumps({"preset": "tiny", "learning_rate": 0.001,
-                                                         "dataset": "results/ds/lerobot", "max_steps": 20}))
+    (ckpt / "train_config.json").write_text(
+        json.dumps({"preset": "tiny", "learning_rate": 0.001, "dataset": "results/ds/lerobot", "max_steps": 20})
+    )
     (ckpt / "trainer_state.json").write_text('{"global_step": 20}')
     (run / "DONE.json").write_text('{"final_checkpoint": "checkpoint-20", "step": 20}')
-    metrics = {"step": eval_step, "heldout_episodes": [4, 5], "action_horizon": 16,
-               "policy": {"mse": 0.0123, "mae": 0.05}, "mean_action": {"mse": 0.04, "mae": 0.1},
-               "hold_state": {"mse": 0.09, "mae": 0.2},
-               "verdict": {"summary": "The policy beats both baselines."}}
+    metrics = {
+        "step": eval_step,
+        "heldout_episodes": [4, 5],
+        "action_horizon": 16,
+        "policy": {"mse": 0.0123, "mae": 0.05},
+        "mean_action": {"mse": 0.04, "mae": 0.1},
+        "hold_state": {"mse": 0.09, "mae": 0.2},
+        "verdict": {"summary": "The policy beats both baselines."},
+    }
     (tmp_path / "results" / "ds" / "eval" / "run").mkdir(parents=True)
     (tmp_path / "results" / "ds" / "eval" / "run" / "metrics.json").write_text(json.dumps(metrics))
     return run
@@ -213,6 +354,7 @@ def make_run(tmp_path, eval_step):
 
 def test_checkpoint_upload_adds_a_model_card_with_config_and_eval(tmp_path, cache):
     from posttrain import hub
+
     run = make_run(tmp_path, eval_step=20)
     r = hub_cli(tmp_path, cache, "upload", run, "--repo-id", "acme/policy", "--repo-type", "model", "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -231,14 +373,26 @@ def test_checkpoint_upload_adds_a_model_card_with_config_and_eval(tmp_path, cach
 
 def test_model_card_leaves_out_an_eval_of_another_checkpoint(tmp_path, cache):
     from posttrain import hub
+
     run = make_run(tmp_path, eval_step=10)
     ckpt = run / "checkpoint-20"
     assert hub.eval_metrics(ckpt, None) is None
     body = split_card(hub.model_card(ckpt, "acme/policy", "apache-2.0", None))[1]
     assert "No open-loop evaluation" in body and "| policy |" not in body
     given = tmp_path / "results/ds/eval/run/metrics.json"
-    r = hub_cli(tmp_path, cache, "upload", run, "--repo-id", "acme/policy", "--repo-type", "model",
-                "--eval-metrics", given, "--dry-run")
+    r = hub_cli(
+        tmp_path,
+        cache,
+        "upload",
+        run,
+        "--repo-id",
+        "acme/policy",
+        "--repo-type",
+        "model",
+        "--eval-metrics",
+        given,
+        "--dry-run",
+    )
     card = hub.model_card(ckpt, "acme/policy", "apache-2.0", hub.eval_metrics(ckpt, given))
     assert card_line(r) == f"add README.md ({len(card.encode())} bytes, generated card)"
     assert "| policy | 0.0123 | 0.05 |" in card and "step 10" in card  # the evaluated step is named

@@ -42,13 +42,36 @@ pytestmark = pytest.mark.slow
 CACHE = Path(os.environ.get("POSTTRAIN_LEROBOT_CACHE") or Path.home() / ".cache" / "posttrain-lerobot-venv")
 BASE = ["torch==2.7.1", "torchvision==0.22.1"]  # the newest pair lerobot 0.3.3 accepts; 0.4.4 accepts it too
 LEROBOT = {  # lerobot's own requirement ranges, for what `LeRobotDataset` and the policies import
-    "0.3.3": ["datasets==3.6.0", "huggingface-hub>=0.34.2,<0.35", "jsonlines>=4", "draccus==0.10.0", "einops>=0.8",
-              "av>=14.2", "safetensors", "pyserial>=3.5", "diffusers>=0.27.2", "imageio>=2.34,<3",
-              "deepdiff>=7,<9", "gymnasium>=0.29.1,<1"],
-    "0.4.4": ["datasets>=4,<5", "huggingface-hub>=0.34.2,<0.36", "jsonlines>=4,<5", "draccus==0.10.0",
-              "einops>=0.8,<0.9", "av>=15,<16", "safetensors", "pyserial>=3.5,<4", "diffusers>=0.27.2,<0.36",
-              "imageio>=2.34,<3", "deepdiff>=7,<9", "gymnasium>=1.1.1,<2", "accelerate>=1.10,<2",
-              "termcolor>=2.4,<4"],
+    "0.3.3": [
+        "datasets==3.6.0",
+        "huggingface-hub>=0.34.2,<0.35",
+        "jsonlines>=4",
+        "draccus==0.10.0",
+        "einops>=0.8",
+        "av>=14.2",
+        "safetensors",
+        "pyserial>=3.5",
+        "diffusers>=0.27.2",
+        "imageio>=2.34,<3",
+        "deepdiff>=7,<9",
+        "gymnasium>=0.29.1,<1",
+    ],
+    "0.4.4": [
+        "datasets>=4,<5",
+        "huggingface-hub>=0.34.2,<0.36",
+        "jsonlines>=4,<5",
+        "draccus==0.10.0",
+        "einops>=0.8,<0.9",
+        "av>=15,<16",
+        "safetensors",
+        "pyserial>=3.5,<4",
+        "diffusers>=0.27.2,<0.36",
+        "imageio>=2.34,<3",
+        "deepdiff>=7,<9",
+        "gymnasium>=1.1.1,<2",
+        "accelerate>=1.10,<2",
+        "termcolor>=2.4,<4",
+    ],
 }
 CAMERA = "observation.images.ego_view"
 HORIZON = 16
@@ -76,16 +99,24 @@ def build_venv(name: str, packages: list[str], no_deps: list[str] = (), base: Pa
         tmp = CACHE / f".{target.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         started = time.monotonic()
-        pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-input", "--no-cache-dir",
-               "--disable-pip-version-check"]
+        pip = [
+            str(tmp / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-input",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+        ]
         try:
             subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True, text=True)
             if base is not None:
                 (site_packages(tmp) / "_posttrain_base.pth").write_text(
-                    f"import site; site.addsitedir({str(site_packages(base))!r})\n")
+                    f"import site; site.addsitedir({str(site_packages(base))!r})\n"
+                )
             if no_deps:
-                subprocess.run(pip + ["--no-deps", *no_deps], check=True, capture_output=True, text=True,
-                               timeout=1800)
+                subprocess.run(pip + ["--no-deps", *no_deps], check=True, capture_output=True, text=True, timeout=1800)
             subprocess.run(pip + packages, check=True, capture_output=True, text=True, timeout=1800)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -105,14 +136,24 @@ def lerobot_python(version: str) -> Path:
 def run_client(version: str, script: str, root: Path, tmp_path: Path) -> tuple[dict, np.ndarray]:
     """Run `script` in lerobot `version`'s environment, offline; its JSON result and decoded frames."""
     python = lerobot_python(version)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("HF_", "PYTHON", "POSTTRAIN_"))}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONNOUSERSITE="1", OMP_NUM_THREADS="1")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON", "POSTTRAIN_"))}
+    env.update(
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONNOUSERSITE="1",
+        OMP_NUM_THREADS="1",
+    )
     frames = tmp_path / f"frames_{version}.npy"
     (tmp_path / "client.py").write_text(script)
-    result = subprocess.run([str(python), str(tmp_path / "client.py"), str(root), str(frames)], capture_output=True,
-                            text=True, env=env, cwd=tmp_path, timeout=900)
+    result = subprocess.run(
+        [str(python), str(tmp_path / "client.py"), str(root), str(frames)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), np.load(frames)
 
@@ -146,7 +187,9 @@ act = make_policy(act_config, ds_meta=meta)
 batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)))
 """
 
-CLIENT_V21 = READ_FRAMES + """
+CLIENT_V21 = (
+    READ_FRAMES
+    + """
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 camera_buffer = getattr(act.normalize_inputs, "buffer_" + camera.replace(".", "_"))
 result["act_camera_mean"] = camera_buffer["mean"].flatten().tolist()
@@ -161,8 +204,11 @@ result["diffusion_state_min"] = state["min"].tolist()
 result["diffusion_state_max"] = state["max"].tolist()
 print(json.dumps(result))
 """
+)
 
-CLIENT_V30 = READ_FRAMES + """
+CLIENT_V30 = (
+    READ_FRAMES
+    + """
 from lerobot.policies.factory import make_pre_post_processors
 pre, post = make_pre_post_processors(act_config, dataset_stats=meta.stats)
 normaliser = next(step for step in pre.steps if type(step).__name__ == "NormalizerProcessorStep")
@@ -177,6 +223,7 @@ act.train()
 result["act_loss"] = float(act.forward(out)[0])
 print(json.dumps(result))
 """
+)
 
 
 def expected_pads(lengths: list[int]) -> list[list[bool]]:

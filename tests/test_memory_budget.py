@@ -8,8 +8,8 @@ import argparse
 import pytest
 import torch
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from posttrain.policy import PRESETS, PolicyConfig, PolicyModel, count_parameters
 from posttrain.policy.budget import (
     CARD_24GB,
@@ -65,7 +65,12 @@ def test_seed_gr00t_setting_needs_more_than_24gb():
     """config/hw/gpu1-48gb.yaml is the seed's single-GPU command: over 24 GB, within 48 GB."""
     train = train_config("gpu1-48gb")
     g = train["gr00t"]
-    assert (g["tune_llm"], g["tune_visual"], g["tune_projector"], g["tune_diffusion_model"]) == (False, True, True, True)
+    assert (g["tune_llm"], g["tune_visual"], g["tune_projector"], g["tune_diffusion_model"]) == (
+        False,
+        True,
+        True,
+        True,
+    )
     seed = train_budgets(train)["gr00t"]
     assert seed.micro_batch == 16 and CARD_24GB < seed.peak <= CARD_48GB, seed.to_dict()
 

@@ -8,11 +8,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN, REPO
 
+from conftest import GOLDEN, REPO, SHARED
 from posttrain.errors import PosttrainError
-from posttrain.policy import (MODEL_FILE, Normalizer, Policy, PolicyConfig, PolicyModel, images_to_tensor,
-                              padding_mask, save_pretrained, tokenize)
+from posttrain.policy import (
+    MODEL_FILE,
+    Normalizer,
+    Policy,
+    PolicyConfig,
+    PolicyModel,
+    images_to_tensor,
+    padding_mask,
+    save_pretrained,
+    tokenize,
+)
 from posttrain.policy.model import count_parameters
 from posttrain.policy.tokenizer import BOS_ID, PAD_ID
 
@@ -185,10 +194,10 @@ def test_sincos_state_encoding_is_per_group_sin_then_cos():
     assert features.shape == (4, 52) and features.dtype == np.float32
     expected = []
     for group in MODALITY["state"].values():
-        part = state[:, group["start"]:group["end"]]
+        part = state[:, group["start"] : group["end"]]
         expected += [np.sin(part), np.cos(part)]
     np.testing.assert_allclose(features, np.concatenate(expected, axis=1), rtol=1e-6)
-    np.testing.assert_allclose(features[:, 0:7], np.sin(state[:, 0:7]), rtol=1e-6)   # left_arm sin
+    np.testing.assert_allclose(features[:, 0:7], np.sin(state[:, 0:7]), rtol=1e-6)  # left_arm sin
     np.testing.assert_allclose(features[:, 7:14], np.cos(state[:, 0:7]), rtol=1e-6)  # left_arm cos
 
 
@@ -211,7 +220,7 @@ def test_min_max_action_round_trip_and_clipping():
     np.testing.assert_allclose(normalizer.unnormalize_action(normalized), raw, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(normalizer.normalize_action(lo), -1.0)
     np.testing.assert_allclose(normalizer.normalize_action(hi), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(normalizer.normalize_action(hi + 5.0), 1.0)   # clipped
+    np.testing.assert_array_equal(normalizer.normalize_action(hi + 5.0), 1.0)  # clipped
     np.testing.assert_array_equal(normalizer.normalize_action(lo - 5.0), -1.0)
     # unnormalize clips its input to [-1, 1] first
     np.testing.assert_allclose(normalizer.unnormalize_action(np.full(26, 3.0)), hi, rtol=1e-5, atol=1e-6)
@@ -242,8 +251,11 @@ def test_constant_dimension_does_not_divide_by_zero():
 
 def test_groups_out_of_column_order_scatter_back():
     modality = json.loads(json.dumps(MODALITY))
-    modality["action"] = {"right_hand": {"start": 20, "end": 26}, "arms": {"start": 0, "end": 14},
-                          "left_hand": {"start": 14, "end": 20}}
+    modality["action"] = {
+        "right_hand": {"start": 20, "end": 26},
+        "arms": {"start": 0, "end": 14},
+        "left_hand": {"start": 14, "end": 20},
+    }
     normalizer = Normalizer(STATS, modality, PolicyConfig.from_preset("tiny"))
     lo = np.array(STATS["action"]["min"], dtype=np.float32)
     hi = np.array(STATS["action"]["max"], dtype=np.float32)
@@ -267,6 +279,96 @@ def test_stats_with_wrong_width_are_rejected_naming_the_file():
         Normalizer(STATS, modality, PolicyConfig.from_preset("tiny"))
 
 
+# ----------------------------------------------------------------------------- G1: columns beside state and action
+
+G1_MODALITY = json.loads((REPO / "config" / "embodiments" / "g1" / "modality.json").read_text())
+G1_STATS = json.loads(
+    (SHARED / "reference" / "isaaclab_arena_g1" / "golden_lerobot_g1" / "meta" / "stats.json").read_text()
+)
+G1_STATE = ["observation.state", "observation.eef_pose"]
+G1_ACTION = [
+    "action",
+    "action.eef_pose",
+    "teleop.base_height_command",
+    "teleop.navigate_command",
+    "teleop.torso_orientation_rpy_command",
+]
+
+
+def g1_config(**overrides) -> PolicyConfig:
+    return PolicyConfig.from_preset("tiny", **{"state_dim": 57, "action_dim": 64, **overrides})
+
+
+def g1_raw(columns: list[str], rows: int, seed: int = 0) -> np.ndarray:
+    """Raw vectors: each column drawn within its min/max, columns side by side (posttrain.layout's order)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for column in columns:
+        lo, hi = (np.array(G1_STATS[column][k], np.float32) for k in ("min", "max"))
+        parts.append(lo + (hi - lo) * rng.random((rows, len(lo)), dtype=np.float32))
+    return np.concatenate(parts, axis=1)
+
+
+def test_g1_normalizer_reads_the_eef_and_teleop_columns():
+    normalizer = Normalizer(G1_STATS, G1_MODALITY, g1_config())
+    assert normalizer.state_layout.columns == (("observation.state", 43), ("observation.eef_pose", 14))
+    assert normalizer.action_layout.column_names == G1_ACTION and normalizer.action_layout.width == 64
+    slots = {g.name: g.positions for g in normalizer.action_layout.groups}
+    assert slots["right_hand"] == slice(36, 43) and slots["left_wrist_pose"] == slice(43, 50)
+    assert slots["base_height_command"] == slice(57, 58) and slots["torso_orientation_rpy_command"] == slice(61, 64)
+    raw = g1_raw(G1_ACTION, 5)
+    normalized = normalizer.normalize_action(raw)
+    assert normalized.shape == (5, 64) and normalized.min() >= -1 and normalized.max() <= 1
+    lo, hi = (np.array(G1_STATS["teleop.navigate_command"][k], np.float32) for k in ("min", "max"))
+    # modality order: the 7 joint groups (43), the wrist poses (14), base height (1), then navigate (3)
+    np.testing.assert_allclose(
+        normalized[:, 58:61], 2 * (raw[:, 58:61] - lo) / np.maximum(hi - lo, 1e-8) - 1, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(normalizer.unnormalize_action(normalized), raw, rtol=1e-5, atol=1e-5)
+    state = g1_raw(G1_STATE, 3)
+    features = normalizer.encode_state(state)
+    assert features.shape == (3, 114)
+    # sin/cos per group in modality order: the last group is right_wrist_pose = observation.eef_pose[7:14]
+    np.testing.assert_allclose(features[:, -14:-7], np.sin(state[:, 50:57]), rtol=1e-6)
+    np.testing.assert_allclose(features[:, -7:], np.cos(state[:, 50:57]), rtol=1e-6)
+
+
+def test_g1_columns_missing_or_not_covered_are_one_line_errors():
+    stats = json.loads(json.dumps(G1_STATS))
+    del stats["teleop.navigate_command"]
+    with pytest.raises(PosttrainError, match=r"^stats.json: teleop.navigate_command: missing 'min'$"):
+        Normalizer(stats, G1_MODALITY, g1_config())
+    with pytest.raises(
+        PosttrainError,
+        match=r"^stats.json: action columns \{'action': 43, 'action.eef_pose': 14, "
+        r".*\} have 64 values in all, expected action_dim 43$",
+    ):
+        Normalizer(G1_STATS, G1_MODALITY, g1_config(action_dim=43))
+    modality = json.loads(json.dumps(G1_MODALITY))
+    modality["action"]["right_wrist_pose"]["start"] = 8  # leaves action.eef_pose[7] out
+    with pytest.raises(
+        PosttrainError,
+        match=r"^modality.json: action groups cover columns \[0, 1, 2\]\.\.\. of "
+        r"'action.eef_pose' \(13 in all\), expected each of 0..13 exactly once$",
+    ):
+        Normalizer(G1_STATS, modality, g1_config())
+
+
+def test_g1_checkpoint_predicts_all_64_action_columns_from_head_camera_frames(tmp_path):
+    torch.manual_seed(0)
+    model = PolicyModel(g1_config())
+    save_pretrained(model, tmp_path / "checkpoint-1", stats=G1_STATS, modality=G1_MODALITY)
+    policy = Policy.from_checkpoint(tmp_path / "checkpoint-1")
+    assert policy.normalizer.state_layout.column_names == G1_STATE
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 480, 640, 3), dtype=np.uint8)  # G1's head camera
+    actions = policy.predict(images, g1_raw(G1_STATE, 2), [TEXT] * 2, generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (2, 16, 64) and np.isfinite(actions).all()
+    lo, hi = (np.concatenate([G1_STATS[c][k] for c in G1_ACTION]) for k in ("min", "max"))
+    assert (actions >= lo - 1e-4).all() and (actions <= hi + 1e-4).all()
+    with pytest.raises(PosttrainError, match=r"state: shape \(2, 43\), expected \(2, 57\)"):
+        policy.predict(images, g1_raw(G1_STATE, 2)[:, :43], [TEXT] * 2)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -278,7 +380,7 @@ def test_tokenizer_is_deterministic_and_ignores_case_and_punctuation():
     assert a[0, 0] == BOS_ID and (a[0, 1:10] >= 2).all() and (a[0, 10:] == PAD_ID).all()  # 9 words
     assert not np.array_equal(tokenize(["open the door"], 16), tokenize(["close the door"], 16))
     assert tokenize([TEXT], 4).shape == (1, 4) and (tokenize([TEXT], 4) != PAD_ID).all()  # truncated
-    assert padding_mask(tokenize([""], 4)).tolist() == [[True, False, False, False]]      # BOS stays
+    assert padding_mask(tokenize([""], 4)).tolist() == [[True, False, False, False]]  # BOS stays
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -301,7 +403,12 @@ def observations(batch_size: int, size: int = 64):
 def test_checkpoint_round_trip_gives_identical_predictions(checkpoint):
     model, directory = checkpoint
     assert sorted(p.name for p in directory.iterdir()) == [
-        "modality.json", "model.safetensors", "model_config.json", "split.json", "stats.json"]
+        "modality.json",
+        "model.safetensors",
+        "model_config.json",
+        "split.json",
+        "stats.json",
+    ]
     original = Policy(model, Normalizer(STATS, MODALITY, model.config), model.config)
     loaded = Policy.from_checkpoint(directory)
     assert loaded.config == model.config and loaded.split["heldout_episodes"] == [2]
@@ -312,7 +419,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(checkpoint):
     assert a.shape == (3, 16, 26) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     lo, hi = np.array(STATS["action"]["min"]), np.array(STATS["action"]["max"])
-    assert (a >= lo - 1e-5).all() and (a <= hi + 1e-5).all()   # unnormalized into the data range
+    assert (a >= lo - 1e-5).all() and (a <= hi + 1e-5).all()  # unnormalized into the data range
 
 
 def test_predict_resizes_images_of_another_size(checkpoint):
@@ -357,7 +464,9 @@ def test_checkpoint_with_weights_that_do_not_match_the_config_names_the_file(che
 def test_accelerate_save_state_writes_weights_that_load(tmp_path):
     """The trainer's accelerate `save_state` model.safetensors must load into the unwrapped model."""
     from accelerate import Accelerator
+
     from posttrain.policy import load_model
+
     model = PolicyModel(PolicyConfig.from_preset("tiny"))
     accelerator = Accelerator(cpu=True)
     prepared = accelerator.prepare(model)
@@ -370,6 +479,7 @@ def test_accelerate_save_state_writes_weights_that_load(tmp_path):
 def test_wrapped_state_dict_keys_load(checkpoint, tmp_path):
     """A state dict saved from a DDP/compiled wrapper ('module.' prefix) loads into the plain model."""
     from safetensors.torch import load_file, save_file
+
     model, directory = checkpoint
     state = load_file(str(directory / MODEL_FILE))
     save_file({f"module.{k}": v for k, v in state.items()}, str(directory / MODEL_FILE))
@@ -396,19 +506,23 @@ def test_gpu_preset_learns_on_cpu_at_reduced_size(preset, converted_dataset):
     from posttrain.policy import PRESETS
 
     sizes = PRESETS[preset]
-    config = PolicyConfig.from_preset(preset, image_size=64, vision_tokens_per_side=4,
-                                      **{key: sizes[key] // 8 for key in ("vision_width", "language_width",
-                                                                          "head_width")})
+    config = PolicyConfig.from_preset(
+        preset,
+        image_size=64,
+        vision_tokens_per_side=4,
+        **{key: sizes[key] // 8 for key in ("vision_width", "language_width", "head_width")},
+    )
     dataset = LeRobotDataset(converted_dataset)
-    samples = TrainingSamples(dataset, split_episodes(dataset, 1)["train_episodes"],
-                              Normalizer(dataset.stats, dataset.modality, config))
+    samples = TrainingSamples(
+        dataset, split_episodes(dataset, 1)["train_episodes"], Normalizer(dataset.stats, dataset.modality, config)
+    )
     g = torch.Generator().manual_seed(0)
 
     def batch(indices, step: int) -> dict:  # each step draws fresh noise and time, as the trainer does
         items = [samples[(int(i), step * 1000 + n)] for n, i in enumerate(indices)]
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
-    evaluation = batch(torch.randperm(len(samples), generator=g)[:64], step=10 ** 6)
+    evaluation = batch(torch.randperm(len(samples), generator=g)[:64], step=10**6)
     torch.manual_seed(0)
     model = PolicyModel(config)
     model.set_trainable()

@@ -14,15 +14,34 @@ import yaml
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # Snakemake dry runs of every profile (~3-11 s each): the full lane (README)
+
 PROFILES = ("local8gpu", "single-gpu", "slurm")
 HARDWARE = {"local8gpu": "gpu8", "single-gpu": "gpu1", "slurm": "gpu8", "single-gpu-48gb": "gpu1-48gb"}
 
 
 def snakemake(profile: str, workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", profile, "--workflow-profile", "none",
-         "--directory", str(workdir), "-n", "-p", "-F", *args],
-        capture_output=True, text=True, cwd=REPO, env=env)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            profile,
+            "--workflow-profile",
+            "none",
+            "--directory",
+            str(workdir),
+            "-n",
+            "-p",
+            "-F",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
 
 
 def plan(profile: str, workdir: Path, *args: str, env: dict | None = None) -> str:
@@ -39,8 +58,11 @@ def train_command(plan_text: str) -> str:
 def preset_flags(hardware: str) -> list[str]:
     """The train flags config/hw/<hardware>.yaml sets (other than run_name), as the rule writes them."""
     train = yaml.safe_load((REPO / "config" / "hw" / f"{hardware}.yaml").read_text())["train"]
-    return [f"--{key.replace('_', '-')} {value} " for key, value in train.items()
-            if key != "run_name" and not isinstance(value, (dict, bool))]
+    return [
+        f"--{key.replace('_', '-')} {value} "
+        for key, value in train.items()
+        if key != "run_name" and not isinstance(value, (dict, bool))
+    ]
 
 
 def job_block(plan_text: str, rule: str) -> str:
@@ -57,13 +79,24 @@ def test_each_profile_ships_exactly_one_profile_file():
 
 def test_local8gpu_plans_the_8gpu_seed_settings(tmp_path):
     command = train_command(plan("profiles/local8gpu", tmp_path))
-    for expected in ["--global-batch-size 96", "--max-steps 20000", "--save-steps 5000", "--save-total-limit 5",
-                     "--dataloader-num-workers 16", "--preset base", "--mixed-precision bf16",
-                     "--learning-rate 0.0001", "--output results/synthetic_gr1/train/gpu8"]:
+    for expected in [
+        "--global-batch-size 96",
+        "--max-steps 20000",
+        "--save-steps 5000",
+        "--save-total-limit 5",
+        "--dataloader-num-workers 16",
+        "--preset base",
+        "--mixed-precision bf16",
+        "--learning-rate 0.0001",
+        "--output results/synthetic_gr1/train/gpu8",
+    ]:
         assert expected in command
     # the GPU check comes first, then the launcher with one process per GPU
-    assert re.search(r"posttrain\.gpus 8 .*; accelerate launch --multi_gpu --num_machines 1 "
-                     r"--num_processes 8 -m posttrain\.cli train ", command), command
+    assert re.search(
+        r"posttrain\.gpus 8 .*; accelerate launch --multi_gpu --num_machines 1 "
+        r"--num_processes 8 -m posttrain\.cli train ",
+        command,
+    ), command
 
 
 @pytest.mark.parametrize("profile", ["single-gpu", "single-gpu-48gb"])
@@ -82,13 +115,17 @@ def test_users_overlay_keeps_the_profiles_preset(profile, tmp_path):
     demos = tmp_path / "demos.hdf5"
     demos.write_bytes(b"")
     mine = tmp_path / "my.yaml"
-    mine.write_text(f"dataset: {{name: mine, source: {{kind: hdf5, path: {demos}}}}}\n"
-                    "convert: {language_instruction: Open the fridge.}\ntrain: {save_steps: 1000}\n")
+    mine.write_text(
+        f"dataset: {{name: mine, source: {{kind: hdf5, path: {demos}}}}}\n"
+        "convert: {language_instruction: Open the fridge.}\ntrain: {save_steps: 1000}\n"
+    )
     text = plan(f"profiles/{profile}", tmp_path / "work", "--configfile", str(mine))
     hardware = HARDWARE[profile]
     command = train_command(text)
-    assert (f"--dataset results/mine/lerobot --frames results/mine/frames --output results/mine/train/{hardware} "
-            in command)
+    assert (
+        f"--dataset results/mine/lerobot --frames results/mine/frames --output results/mine/train/{hardware} "
+        in command
+    )
     assert "--save-steps 1000 " in command  # the user's overlay wins over the preset
     for expected in preset_flags(hardware):
         if not expected.startswith("--save-steps "):
@@ -101,19 +138,23 @@ def test_command_line_config_with_a_profile(tmp_path):
     result = snakemake("profiles/single-gpu", tmp_path, "--config", "train={max_steps: 100}")
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
-    assert lines == ["error: config: hardware: not set, but train gets 1 GPU(s) from the profile (a --config on the "
-                     "command line replaces the profile's `config:`, which names the preset): add hardware=NAME to --config "
-                     "(cpu, gpu1, gpu1-48gb, gpu8)"]
-    command = train_command(plan("profiles/single-gpu", tmp_path, "--config", "hardware=gpu1",
-                                 "train={max_steps: 100}"))
+    assert lines == [
+        "error: config: hardware: not set, but train gets 1 GPU(s) from the profile (a --config on the "
+        "command line replaces the profile's `config:`, which names the preset): add hardware=NAME to --config "
+        "(cpu, gpu1, gpu1-48gb, gpu8)"
+    ]
+    command = train_command(
+        plan("profiles/single-gpu", tmp_path, "--config", "hardware=gpu1", "train={max_steps: 100}")
+    )
     assert "--max-steps 100 " in command and "--output results/synthetic_gr1/train/gpu1 " in command
     assert "--mixed-precision bf16 " in command
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_eval_gets_a_gpu_under_the_gpu_profiles(profile, tmp_path):
-    resources = next(line for line in job_block(plan(f"profiles/{profile}", tmp_path), "eval").splitlines()
-                     if "resources:" in line)
+    resources = next(
+        line for line in job_block(plan(f"profiles/{profile}", tmp_path), "eval").splitlines() if "resources:" in line
+    )
     assert ", gpu=1" in resources
     if profile == "slurm":
         assert "slurm_partition=gpu" in resources
@@ -133,8 +174,13 @@ def test_bare_profile_names_work_after_install_profiles(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_CONFIG_HOME", "SNAKEMAKE_PROFILE")}
     env["HOME"] = str(home)
-    before = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "single-gpu", "-n"],
-                            capture_output=True, text=True, cwd=REPO, env=env)
+    before = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "single-gpu", "-n"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     assert before.returncode != 0  # Snakemake never looks in ./profiles/ by itself
     subprocess.run(["bash", "scripts/install_profiles.sh"], check=True, cwd=REPO, env=env, capture_output=True)
     for name in PROFILES:
@@ -148,8 +194,9 @@ def test_gpu_check_fails_on_a_machine_without_the_gpus():
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs")
     env = {k: v for k, v in os.environ.items() if k != "POSTTRAIN_SKIP_GPU_CHECK"}
-    result = subprocess.run([sys.executable, "-m", "posttrain.gpus", "8"], capture_output=True, text=True,
-                            cwd=REPO, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "posttrain.gpus", "8"], capture_output=True, text=True, cwd=REPO, env=env
+    )
     assert result.returncode == 2
     assert "error: train asks for 8 GPU(s) (resources.gpu from the profile) but this node has" in result.stderr
     none = subprocess.run([sys.executable, "-m", "posttrain.gpus", "0"], capture_output=True, text=True, cwd=REPO)

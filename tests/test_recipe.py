@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from posttrain import synth
-from posttrain.train import DEFAULT_EPOCHS, DEFAULT_MIN_STEPS, resolve_steps
+from posttrain.settings import TrainSettings, defaults
+from posttrain.train import resolve_steps
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -32,10 +33,20 @@ SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 
 def train(dataset: Path, output: Path, *extra, threads: int = 1) -> str:
     """`posttrain train` in a subprocess (accelerate's state is per process); returns its log."""
-    command = [sys.executable, "-m", "posttrain.cli", "train", "--dataset", str(dataset), "--output", str(output),
-               *map(str, extra)]
-    result = subprocess.run(command, env={**ENV, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True,
-                            timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "posttrain.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(output),
+        *map(str, extra),
+    ]
+    result = subprocess.run(
+        command, env={**ENV, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
 
@@ -46,14 +57,15 @@ def read(path: Path) -> dict:
 
 # --- the length: steps from epochs ----------------------------------------------------------------
 def test_length_is_epochs_with_a_floor_unless_max_steps_is_given():
-    assert resolve_steps(None, 3.0, 1, 1000, 32) == 94           # ceil(93.75): the last batch is a full one
-    assert resolve_steps(None, 3.0, 1, 32, 32) == 3              # exact: no extra step from rounding
-    assert resolve_steps(None, 1e-9, 1, 10, 32) == 1             # at least one step
-    assert resolve_steps(None, 3.0, 800, 30846, 32) == 2892      # seed-shaped: 98 train demos × ~315 samples
-    assert resolve_steps(None, 3.0, 800, 992, 32) == 800         # the 16-demo default: the floor (3 epochs: 93)
-    assert resolve_steps(500, 3.0, 800, 30846, 32) == 500        # --max-steps, when given, is the length
+    assert resolve_steps(None, 3.0, 1, 1000, 32) == 94  # ceil(93.75): the last batch is a full one
+    assert resolve_steps(None, 3.0, 1, 32, 32) == 3  # exact: no extra step from rounding
+    assert resolve_steps(None, 1e-9, 1, 10, 32) == 1  # at least one step
+    assert resolve_steps(None, 3.0, 800, 30846, 32) == 2892  # seed-shaped: 98 train demos × ~315 samples
+    assert resolve_steps(None, 3.0, 800, 992, 32) == 800  # the 16-demo default: the floor (3 epochs: 93)
+    assert resolve_steps(500, 3.0, 800, 30846, 32) == 500  # --max-steps, when given, is the length
 
 
+@pytest.mark.slow
 def test_an_epoch_budget_is_logged_recorded_and_part_of_the_run_identity(converted_dataset, tmp_path):
     """--epochs 0.5 on ~130 train samples at batch 16: the resolved steps are the run's length
     everywhere; the same length given as --max-steps is the same run (resumed, not redone); a floor
@@ -61,8 +73,9 @@ def test_an_epoch_budget_is_logged_recorded_and_part_of_the_run_identity(convert
     out = tmp_path / "run"
     small = ["--global-batch-size", "16", "--min-steps", "1", "--save-steps", "100", "--dataloader-num-workers", "0"]
     log = train(converted_dataset, out, *small, "--epochs", "0.5")
-    found = re.search(r"training length: (\d+) steps = ceil\(0\.5 epochs × (\d+) train samples / global batch 16\)",
-                      log)
+    found = re.search(
+        r"training length: (\d+) steps = ceil\(0\.5 epochs × (\d+) train samples / global batch 16\)", log
+    )
     assert found, log[-3000:]
     steps, samples = int(found[1]), int(found[2])
     assert steps == -(-samples // 32) and steps >= 2  # ceil(0.5 × samples / 16)
@@ -88,7 +101,8 @@ def test_gr00t_backend_needs_max_steps(capsys):
     assert run_cli("train", "--backend", "gr00t", "--dataset", "d", "--output", "o", "--gr00t-repo", "g") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --backend gr00t needs --max-steps (train.max_steps): GR00T counts its run in steps, and its own "
-        "sampling decides what an epoch is")
+        "sampling decides what an epoch is"
+    )
 
 
 def test_config_lengths_cpu_in_epochs_gpu_presets_in_seed_steps():
@@ -97,7 +111,10 @@ def test_config_lengths_cpu_in_epochs_gpu_presets_in_seed_steps():
     train_schema = SCHEMA["properties"]["train"]["properties"]
     assert CONFIG["train"]["max_steps"] is None and CONFIG["train"]["epochs"] > 0
     assert train_schema["max_steps"]["default"] is None
-    for key, cli_default in (("epochs", DEFAULT_EPOCHS), ("min_steps", DEFAULT_MIN_STEPS)):
+    for key, cli_default in (
+        ("epochs", defaults(TrainSettings)["epochs"]),
+        ("min_steps", defaults(TrainSettings)["min_steps"]),
+    ):
         assert train_schema[key]["default"] == CONFIG["train"][key] == cli_default, key
     seed_steps = {"gpu1": 30000, "gpu1-48gb": 30000, "gpu8": 20000}  # shared/docs/gr00t_n16.md §3
     for name, steps in seed_steps.items():
@@ -109,12 +126,30 @@ def planned_train_command(tmp_path: Path) -> str:
     """The `posttrain train` line of the default workflow's dry run."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", "none", "--workflow-profile", "none", "-n", "-p", "-F",
-         "--directory", str(tmp_path)], capture_output=True, text=True, cwd=REPO, env={**ENV, "PATH": path})
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "none",
+            "--workflow-profile",
+            "none",
+            "-n",
+            "-p",
+            "-F",
+            "--directory",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**ENV, "PATH": path},
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return next(line for line in result.stdout.splitlines() if " train --dataset " in line)
 
 
+@pytest.mark.slow
 def test_workflow_passes_epochs_and_leaves_out_a_null_max_steps(tmp_path):
     command = planned_train_command(tmp_path)
     assert f"--epochs {CONFIG['train']['epochs']} --min-steps {CONFIG['train']['min_steps']} " in command
@@ -138,8 +173,8 @@ def hold_over_mean(make, min_frames: int, max_frames: int, demos: int = 8) -> fl
     states, chunks = [], []
     for index in range(demos):
         state, action = joint_positions(make(0, index, min_frames, max_frames, 32))
-        states += list(state[:len(action) - 15])
-        chunks += [action[i:i + 16] for i in range(len(action) - 15)]
+        states += list(state[: len(action) - 15])
+        chunks += [action[i : i + 16] for i in range(len(action) - 15)]
     states, chunks = np.array(states), np.array(chunks)
     hold = np.mean((chunks - states[:, None]) ** 2)
     return float(hold / np.mean((chunks - chunks.reshape(-1, len(JOINTS)).mean(axis=0)) ** 2))
@@ -160,8 +195,23 @@ def test_smooth_motion_is_a_look_ahead_of_the_state_that_hold_state_predicts_wel
     assert hold_over_mean(synth.make_episode, 70, 100) > 1.0
 
     path = tmp_path / "smooth.hdf5"
-    assert run_cli("synth", path, "--motion", "smooth", "--episodes", "2", "--min-frames", "20", "--max-frames",
-                   "24", "--image-size", "32") == 0
+    assert (
+        run_cli(
+            "synth",
+            path,
+            "--motion",
+            "smooth",
+            "--episodes",
+            "2",
+            "--min-frames",
+            "20",
+            "--max-frames",
+            "24",
+            "--image-size",
+            "32",
+        )
+        == 0
+    )
     assert run_cli("synth", tmp_path / "bad.hdf5", "--motion", "smooth", "--embodiment", "g1") == 2
     assert not (tmp_path / "bad.hdf5").exists()
 
@@ -171,9 +221,20 @@ def default_recipe(**override) -> list[str]:
     """config/config.yaml's learning settings as `posttrain train` flags (as rules/common.smk passes them)."""
     t = {**CONFIG["train"], **override}
     args = []
-    for key in ("preset", "holdout_episodes", "global_batch_size", "gradient_accumulation_steps", "max_steps",
-                "epochs", "learning_rate", "warmup_ratio", "weight_decay", "seed", "action_normalization",
-                "state_dropout_prob"):
+    for key in (
+        "preset",
+        "holdout_episodes",
+        "global_batch_size",
+        "gradient_accumulation_steps",
+        "max_steps",
+        "epochs",
+        "learning_rate",
+        "warmup_ratio",
+        "weight_decay",
+        "seed",
+        "action_normalization",
+        "state_dropout_prob",
+    ):
         if t[key] is not None:
             args += ["--" + key.replace("_", "-"), str(t[key])]
     args += ["--color-jitter-params", *(str(x) for pair in t["color_jitter_params"].items() for x in pair)]
@@ -185,8 +246,25 @@ def smooth_dataset(tmp_path_factory) -> Path:
     """Smooth motion, scaled down from the seed's 100 demos × 330 frames: 12 demos × 200-240 frames
     (32² images: the task is state-driven), converted with stats."""
     root = tmp_path_factory.mktemp("smooth")
-    assert run_cli("synth", root / "raw.hdf5", "--motion", "smooth", "--episodes", "12", "--min-frames", "200",
-                   "--max-frames", "240", "--image-size", "32", "--seed", "1") == 0
+    assert (
+        run_cli(
+            "synth",
+            root / "raw.hdf5",
+            "--motion",
+            "smooth",
+            "--episodes",
+            "12",
+            "--min-frames",
+            "200",
+            "--max-frames",
+            "240",
+            "--image-size",
+            "32",
+            "--seed",
+            "1",
+        )
+        == 0
+    )
     assert run_cli("convert", "--input", root / "raw.hdf5", "--output", root / "lerobot", "--workers", "2") == 0
     assert run_cli("stats", root / "lerobot") == 0
     return root / "lerobot"
@@ -200,11 +278,35 @@ def test_default_recipe_beats_both_baselines_on_smooth_motion(smooth_dataset, tm
     the vision task needs) and without it (GR00T's default)."""
     override = {} if state_dropout is None else {"state_dropout_prob": state_dropout}
     run = tmp_path / "run"
-    log = train(smooth_dataset, run, *default_recipe(**override), "--save-steps", "100000", "--dataloader-num-workers",
-                "1", "--logging-steps", "50", threads=2)
+    log = train(
+        smooth_dataset,
+        run,
+        *default_recipe(**override),
+        "--save-steps",
+        "100000",
+        "--dataloader-num-workers",
+        "1",
+        "--logging-steps",
+        "50",
+        threads=2,
+    )
     assert "training length: " in log
-    assert run_cli("eval", run, smooth_dataset, "--output", tmp_path / "eval", "--stride", "2", "--device", "cpu",
-                   "--episodes-to-plot", "0") == 0
+    assert (
+        run_cli(
+            "eval",
+            run,
+            smooth_dataset,
+            "--output",
+            tmp_path / "eval",
+            "--stride",
+            "2",
+            "--device",
+            "cpu",
+            "--episodes-to-plot",
+            "0",
+        )
+        == 0
+    )
     verdict = read(tmp_path / "eval" / "metrics.json")["verdict"]
     print(verdict["summary"])
     assert verdict["beats_all_baselines"], verdict["summary"]

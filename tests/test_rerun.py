@@ -38,13 +38,35 @@ def snakemake(checkout: Path, workdir: Path, overlay: str) -> None:
     """Run the workflow up to the trained model, with the tiny config and `overlay` (YAML) over it."""
     (workdir / "overlay.yaml").parent.mkdir(parents=True, exist_ok=True)
     (workdir / "overlay.yaml").write_text(overlay or "{}\n")
-    configs = [checkout / "config" / "config.yaml", checkout / "config" / "test" / "tiny.yaml", workdir / "overlay.yaml"]
+    configs = [
+        checkout / "config" / "config.yaml",
+        checkout / "config" / "test" / "tiny.yaml",
+        workdir / "overlay.yaml",
+    ]
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir),
-         "--profile", "none", "--workflow-profile", "none", "-c2", "results/tiny/train/tiny/DONE.json",
-         "--configfile", *map(str, configs)],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", PATH=path))
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(checkout / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--profile",
+            "none",
+            "--workflow-profile",
+            "none",
+            "-c2",
+            "results/tiny/train/tiny/DONE.json",
+            "--configfile",
+            *map(str, configs),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PATH=path),
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 

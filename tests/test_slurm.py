@@ -55,10 +55,26 @@ def slurm_run(slurm, tmp_path_factory):
     env = dict(os.environ, POSTTRAIN_SKIP_GPU_CHECK="1")  # the cluster's GPUs are device nodes only
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # `posttrain`
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", str(REPO / "profiles" / "slurm-local"),
-         "--workflow-profile", "none", "--directory", str(workdir),
-         "--configfile", *map(str, CONFIGS), str(overlay)],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=480)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            str(REPO / "profiles" / "slurm-local"),
+            "--workflow-profile",
+            "none",
+            "--directory",
+            str(workdir),
+            "--configfile",
+            *map(str, CONFIGS),
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=480,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return workdir, result.stdout + result.stderr
 
@@ -76,12 +92,29 @@ def submitted_jobs(output: str) -> dict[str, list[str]]:
 def test_every_rule_runs_as_a_slurm_job(slurm_run):
     workdir, output = slurm_run
     jobs = submitted_jobs(output)
-    expected = {"synth", "convert_shard", "convert_gather", "stats", "verify", "frames", "train", "eval",
-                "report_dataset", "report_video", "report_verify", "report_training", "report_metrics"}
+    expected = {
+        "synth",
+        "convert_shard",
+        "convert_gather",
+        "stats",
+        "verify",
+        "frames",
+        "train",
+        "eval",
+        "report_dataset",
+        "report_video",
+        "report_verify",
+        "report_training",
+        "report_metrics",
+    }
     assert set(jobs) == expected
     assert len(jobs["convert_shard"]) == 2  # one job per shard
-    states = dict(line.split() for line in subprocess.run(
-        ["squeue", "--states=all", "-h", "-o", "%i %T"], capture_output=True, text=True).stdout.splitlines())
+    states = dict(
+        line.split()
+        for line in subprocess.run(
+            ["squeue", "--states=all", "-h", "-o", "%i %T"], capture_output=True, text=True
+        ).stdout.splitlines()
+    )
     for rule, ids in jobs.items():
         for job_id in ids:
             assert states.get(job_id) == "COMPLETED", (rule, job_id, states.get(job_id))
@@ -104,10 +137,30 @@ def test_slurm_torchrun_starts_one_process_per_allocated_gpu(slurm):
     node's GPUs, rendezvous on the allocation's first node. One node here; multi-node is untested."""
     report = "echo rank=$RANK world=$WORLD_SIZE"
     result = subprocess.run(
-        ["srun", "-A", "test", "-p", "debug", "-N1", "--ntasks-per-node=1", "--gpus=3", "--mem=500", "-t", "5",
-         str(REPO / "scripts" / "slurm_torchrun.sh"), "--no-python", "bash", "-c", report],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-        env=dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])))
+        [
+            "srun",
+            "-A",
+            "test",
+            "-p",
+            "debug",
+            "-N1",
+            "--ntasks-per-node=1",
+            "--gpus=3",
+            "--mem=500",
+            "-t",
+            "5",
+            str(REPO / "scripts" / "slurm_torchrun.sh"),
+            "--no-python",
+            "bash",
+            "-c",
+            report,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(re.findall(r"rank=\d world=\d", result.stdout)) == [f"rank={r} world=3" for r in range(3)]
     assert re.search(r"slurm_torchrun: node 0/1, 3 process\(es\), rendezvous \S+:29500", result.stderr)

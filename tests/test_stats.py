@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import GOLDEN, REPO, run_cli
-from posttrain import lerobot, statistics, video
+from posttrain import lerobot, stats_math, video
 from posttrain.files import write_json_atomic, write_text_atomic
 
 
@@ -25,11 +25,20 @@ def make_tabular_dataset(root, lengths, seed=0):
         lerobot.write_table(root / lerobot.DATA_PATH.format(episode_chunk=0, episode_index=ep), table)
         tables.append(table)
         first += n
-    info = lerobot.build_info(robot_type="gr1", episode_lengths=list(lengths), num_tasks=1, fps=50,
-                              chunks_size=1000, features=lerobot.tabular_features(tables[0]), video_keys=[])
+    info = lerobot.build_info(
+        robot_type="gr1",
+        episode_lengths=list(lengths),
+        num_tasks=1,
+        fps=50,
+        chunks_size=1000,
+        features=lerobot.tabular_features(tables[0]),
+        video_keys=[],
+    )
     write_json_atomic(root / "meta/info.json", info)
-    write_text_atomic(root / "meta/episodes.jsonl", lerobot.jsonl(
-        [{"episode_index": ep, "tasks": ["reach"], "length": n} for ep, n in enumerate(lengths)]))
+    write_text_atomic(
+        root / "meta/episodes.jsonl",
+        lerobot.jsonl([{"episode_index": ep, "tasks": ["reach"], "length": n} for ep, n in enumerate(lengths)]),
+    )
     write_text_atomic(root / "meta/tasks.jsonl", lerobot.jsonl([{"task_index": 0, "task": "reach"}]))
     shutil.copy(REPO / "config/embodiments/gr1/modality.json", root / "meta/modality.json")
     return root
@@ -94,7 +103,7 @@ def test_episodes_stats_match_numpy_and_aggregate_to_global(tabular):
 
     global_stats = json.loads((tabular / "meta/stats.json").read_text())
     for name in global_stats:
-        agg = statistics.aggregate_episode_stats([line["stats"][name] for line in lines])
+        agg = stats_math.aggregate_episode_stats([line["stats"][name] for line in lines])
         np.testing.assert_allclose(agg["mean"], global_stats[name]["mean"], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(agg["std"], global_stats[name]["std"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(agg["min"], global_stats[name]["min"], rtol=1e-6)
@@ -123,7 +132,7 @@ def test_relative_stats_by_hand(tmp_path):
         for ep, n in enumerate(lengths):
             cols = read_columns(root, ep)
             for i in range(n - 2):
-                chunks.append(cols["action"][i:i + 3, lo:hi] - cols["observation.state"][i, lo:hi])
+                chunks.append(cols["action"][i : i + 3, lo:hi] - cols["observation.state"][i, lo:hi])
         chunks = np.stack(chunks).astype(np.float64)
         assert chunks.shape == (4, 3, hi - lo)
         assert list(rel[group]) == ["max", "min", "q01", "q99", "mean", "std"]
@@ -138,8 +147,9 @@ def test_relative_stats_by_hand(tmp_path):
 def test_quantile_matches_numpy_linear():
     x = np.random.default_rng(0).normal(size=(1001, 3)).astype(np.float32)
     for q in (0.01, 0.5, 0.99, 0.0, 1.0):
-        np.testing.assert_allclose(statistics.quantile_linear(x, q), np.quantile(x.astype(np.float64), q, axis=0),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            stats_math.quantile_linear(x, q), np.quantile(x.astype(np.float64), q, axis=0), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_bad_relative_group(tabular, capsys):
@@ -188,8 +198,10 @@ def lerobot_image_stats(frames_nhwc: np.ndarray, length: int) -> dict:
     if max(height, width) >= 300:
         stride = int(width / 150) if width > height else int(height / 150)
         picked = picked[:, :, ::stride, ::stride]
-    stats = {name: fn(picked, axis=(0, 2, 3), keepdims=True) for name, fn in
-             (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std))}
+    stats = {
+        name: fn(picked, axis=(0, 2, 3), keepdims=True)
+        for name, fn in (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std))
+    }
     return {**{k: np.squeeze(v / 255.0, axis=0) for k, v in stats.items()}, "count": [count]}
 
 
@@ -198,15 +210,20 @@ def add_camera(root, size, seed=0):
     data = lerobot.LeRobotDataset(root)
     rng = np.random.default_rng(seed)
     key = "observation.images.front"
-    info = dict(data.info, video_path=lerobot.VIDEO_PATH, total_videos=len(data.episodes),
-                features={key: lerobot.video_feature(size[0], size[1], 50), **data.info["features"]})
+    info = dict(
+        data.info,
+        video_path=lerobot.VIDEO_PATH,
+        total_videos=len(data.episodes),
+        features={key: lerobot.video_feature(size[0], size[1], 50), **data.info["features"]},
+    )
     write_json_atomic(root / "meta/info.json", info)
     data = lerobot.LeRobotDataset(root)
     for episode in data.episodes:
         n = episode["length"]
-        y, x = np.mgrid[0:size[0], 0:size[1]]
-        frames = np.stack([np.stack([(x + 3 * i) % 256, (y * 2 + i) % 256, np.full_like(x, 40 + i % 100)], -1)
-                           for i in range(n)]).astype(np.uint8)
+        y, x = np.mgrid[0 : size[0], 0 : size[1]]
+        frames = np.stack(
+            [np.stack([(x + 3 * i) % 256, (y * 2 + i) % 256, np.full_like(x, 40 + i % 100)], -1) for i in range(n)]
+        ).astype(np.uint8)
         frames[:, :8] = rng.integers(0, 256, frames[:, :8].shape, dtype=np.uint8)  # some noise: std > 0
         path = data.video_path(episode["episode_index"], key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +252,8 @@ def test_camera_stats_of_a_converted_dataset_as_lerobot_computes_them(copy_datas
     lines = assert_camera_stats_as_lerobot(root, "observation.images.ego_view")
     # episodes shorter than 100 frames use every frame
     assert [line["stats"]["observation.images.ego_view"]["count"] for line in lines] == [
-        [e["length"]] for e in lerobot.LeRobotDataset(root).episodes]
+        [e["length"]] for e in lerobot.LeRobotDataset(root).episodes
+    ]
 
 
 def test_camera_stats_sample_long_episodes_and_stride_large_frames(tmp_path):
@@ -245,19 +263,19 @@ def test_camera_stats_sample_long_episodes_and_stride_large_frames(tmp_path):
     lines = assert_camera_stats_as_lerobot(root, key)
     assert [line["stats"][key]["count"] for line in lines] == [[100], [20]]
     # lerobot aggregates them (weighted by sampled frames) into the normaliser's (3, 1, 1) mean/std
-    agg = statistics.aggregate_episode_stats([line["stats"][key] for line in lines])
+    agg = stats_math.aggregate_episode_stats([line["stats"][key] for line in lines])
     assert agg["mean"].shape == (3, 1, 1) and agg["count"].tolist() == [120]
     assert run_cli("verify", root, "--output", tmp_path / "verify", "--preview-episodes", "0") == 0
 
 
 def test_image_sample_counts_and_strides():
-    counts = {n: statistics.image_sample_count(n) for n in (1, 60, 100, 500, 1000, 2000, 10_000, 20_000, 10**6)}
-    assert counts == {1: 1, 60: 60, 100: 100, 500: 105, 1000: 177, 2000: 299, 10_000: 1000, 20_000: 1681,
-                      10**6: 10_000}
-    indices = statistics.image_sample_indices(1000)
+    counts = {n: stats_math.image_sample_count(n) for n in (1, 60, 100, 500, 1000, 2000, 10_000, 20_000, 10**6)}
+    assert counts == {1: 1, 60: 60, 100: 100, 500: 105, 1000: 177, 2000: 299, 10_000: 1000, 20_000: 1681, 10**6: 10_000}
+    indices = stats_math.image_sample_indices(1000)
     assert len(indices) == 177 and indices[0] == 0 and indices[-1] == 999 and indices == sorted(set(indices))
-    assert [statistics.downsample_stride(h, w) for h, w in ((64, 64), (299, 299), (300, 200), (512, 512),
-                                                            (480, 640))] == [1, 1, 2, 3, 4]
+    assert [
+        stats_math.downsample_stride(h, w) for h, w in ((64, 64), (299, 299), (300, 200), (512, 512), (480, 640))
+    ] == [1, 1, 2, 3, 4]
 
 
 def test_int_and_bool_stats_keep_their_type(tabular):
@@ -295,6 +313,9 @@ def test_verify_checks_the_camera_entries(tmp_path, capsys, damage):
     write_text_atomic(root / "meta/episodes_stats.jsonl", lerobot.jsonl(lines))
     assert run_cli("verify", root, "--output", tmp_path / "verify", "--preview-episodes", "0") == 2
     err = capsys.readouterr().err
-    expected = {"missing": "missing (rerun `posttrain stats`)", "shape": "mean: shape [3], expected [3, 1, 1]",
-                "count": "count [5], expected [9] sampled frames of 9"}[damage]
+    expected = {
+        "missing": "missing (rerun `posttrain stats`)",
+        "shape": "mean: shape [3], expected [3, 1, 1]",
+        "count": "count [5], expected [9] sampled frames of 9",
+    }[damage]
     assert f"episode 1: episodes_stats: meta/episodes_stats.jsonl: {key}: {expected}" in err

@@ -30,8 +30,10 @@ def demo_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def episodes():
-    return [synth.make_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], ARGS["image_size"])
-            for i in range(ARGS["episodes"])]
+    return [
+        synth.make_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], ARGS["image_size"])
+        for i in range(ARGS["episodes"])
+    ]
 
 
 def target_from_image(frames: np.ndarray) -> np.ndarray:
@@ -62,17 +64,22 @@ def test_schema_is_exact(demo_file):
             assert ARGS["min_frames"] <= t <= ARGS["max_frames"]
             assert bool(demo.attrs["success"]) is True and int(demo.attrs["seed"]) == ARGS["seed"]
             s = ARGS["image_size"]
-            expected = {"actions": ((t, 36), np.float32), "processed_actions": ((t, 36), np.float32),
-                        "obs/robot_joint_pos": ((t, 54), np.float32),
-                        "obs/actions": ((t, 36), np.float32), "obs/right_eef_pos": ((t, 3), np.float32),
-                        "obs/right_eef_quat": ((t, 4), np.float32), "obs/hand_joint_state": ((t, 22), np.float32),
-                        "camera_obs/robot_pov_cam_rgb": ((t, s, s, 3), np.uint8)}
+            expected = {
+                "actions": ((t, 36), np.float32),
+                "processed_actions": ((t, 36), np.float32),
+                "obs/robot_joint_pos": ((t, 54), np.float32),
+                "obs/actions": ((t, 36), np.float32),
+                "obs/right_eef_pos": ((t, 3), np.float32),
+                "obs/right_eef_quat": ((t, 4), np.float32),
+                "obs/hand_joint_state": ((t, 22), np.float32),
+                "camera_obs/robot_pov_cam_rgb": ((t, s, s, 3), np.uint8),
+            }
             for key, (shape, dtype) in expected.items():
                 assert demo[key].shape == shape and demo[key].dtype == dtype, key
             quat = demo["obs/right_eef_quat"][()]
             np.testing.assert_allclose(np.linalg.norm(quat, axis=1), 1, atol=1e-6)
             datasets = []
-            demo.visititems(lambda k, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            demo.visititems(lambda k, obj, found=datasets: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
             assert len(datasets) >= 8
             assert all(ds.compression == "gzip" for ds in datasets), [ds.name for ds in datasets]
         assert int(data.attrs["total"]) == sum(lengths)
@@ -105,8 +112,9 @@ def test_cli_defaults_and_bad_arguments(tmp_path):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
     args = parser.parse_args(["out.hdf5"])
-    assert (args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed) == (12, 60, 100, None, 0)
-    assert args.embodiment == "gr1" and synth.EMBODIMENTS["gr1"][2] == 128  # the embodiment's size by default
+    # config/config.yaml's synth: block (tests/test_settings.py), so a hand run makes the workflow's demos
+    assert (args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed) == (16, 70, 100, None, 0)
+    assert args.embodiment == "gr1" and synth.EMBODIMENTS["gr1"][2] == 64  # the embodiment's size by default
     out = tmp_path / "bad.hdf5"
     for size in ("63", "48x63", "48x", "8x16"):
         assert run_cli("synth", out, "--image-size", size) == 2, size
@@ -116,8 +124,9 @@ def test_cli_defaults_and_bad_arguments(tmp_path):
     assert run_cli("synth", tmp_path / "taken", "--episodes", "1", "--image-size", "16") == 2
     assert [p.name for p in tmp_path.iterdir()] == ["taken"], "a failed run leaves nothing behind"
     (tmp_path / "taken").rmdir()
-    assert run_cli("synth", out, "--episodes", "1", "--min-frames", "20", "--max-frames", "20",
-                   "--image-size", "16") == 0
+    assert (
+        run_cli("synth", out, "--episodes", "1", "--min-frames", "20", "--max-frames", "20", "--image-size", "16") == 0
+    )
     with MimicFile(out) as mimic:
         assert mimic.check() == {"demo_0": 20}
 
@@ -139,7 +148,7 @@ def test_actions_follow_the_target_seen(episodes):
     for ep in episodes:
         settled = np.ones(ep.length, bool)  # steps where the arm command has reached the current target
         for start in [0, *ep.jump_steps]:
-            settled[start:start + synth.ARM_RAMP] = False
+            settled[start : start + synth.ARM_RAMP] = False
         seen = target_from_image(ep.render())[settled]
         arm = GR1.remap_action(ep.processed_actions)[settled, right_arm]
         pitch.append(arm[:, 0]), roll.append(arm[:, 1]), seen_u.append(seen[:, 0]), seen_v.append(seen[:, 1])
@@ -184,13 +193,16 @@ def test_columns_encode_their_index(episodes):
     for name in ("left_knee_pitch_joint", "waist_yaw_joint", "head_pitch_joint"):
         column = ep.state[:, cols[name]]
         assert np.all(column == column[0]) and column[0] == pytest.approx(
-            synth.REST_POSE.get(name, 0.0) + 1e-3 * cols[name], abs=1e-6)
+            synth.REST_POSE.get(name, 0.0) + 1e-3 * cols[name], abs=1e-6
+        )
     assert ep.state[0, cols["head_pitch_joint"]] != 0 and ep.state[0, cols["left_knee_pitch_joint"]] != 0
     # ... and the mimic finger joints follow their proximal joint.
     acols = synth.ACTION_COLUMNS
-    np.testing.assert_allclose(ep.processed_actions[:, acols["R_index_intermediate_joint"]] - 1e-3 * acols[
-        "R_index_intermediate_joint"], ep.processed_actions[:, acols["R_index_proximal_joint"]] - 1e-3 * acols[
-        "R_index_proximal_joint"], atol=1e-6)
+    np.testing.assert_allclose(
+        ep.processed_actions[:, acols["R_index_intermediate_joint"]] - 1e-3 * acols["R_index_intermediate_joint"],
+        ep.processed_actions[:, acols["R_index_proximal_joint"]] - 1e-3 * acols["R_index_proximal_joint"],
+        atol=1e-6,
+    )
 
 
 def test_frames_survive_h264(tmp_path):
@@ -205,6 +217,7 @@ def test_frames_survive_h264(tmp_path):
 def test_vision_is_needed_to_predict_the_action_chunk(episodes):
     """Predict the right-arm action 15 steps ahead (the end of a 16-step chunk): adding the target
     seen in the image to the state must cut a linear model's error substantially."""
+
     def fit_error(x, y):
         x = np.c_[x, np.ones(len(x))]
         weights, *_ = np.linalg.lstsq(x, y, rcond=None)
@@ -233,7 +246,7 @@ def test_grasp_is_announced_in_the_image_and_not_in_the_state(episodes):
         greener = centre[:, 1] > centre[:, 0]
         cue_start = episode.grasp_start - synth.GRASP_CUE
         assert not greener[: max(cue_start, 0)].any()
-        assert greener[episode.grasp_start:].all()
+        assert greener[episode.grasp_start :].all()
         hand = synth.STATE_COLUMNS["R_index_proximal_joint"]
         before = episode.state[: episode.grasp_start + 1, hand]
         np.testing.assert_allclose(before, before[0])  # the hand starts moving only after the grasp starts
@@ -244,37 +257,55 @@ def test_grasp_is_announced_in_the_image_and_not_in_the_state(episodes):
 G1 = load_embodiment("g1")
 G1_GOLDEN_STATS = GOLDEN.parents[1] / "isaaclab_arena_g1" / "golden_lerobot_g1" / "meta" / "stats.json"
 G1_SIZE = (48, 64)  # non-square, as the G1 head camera (480 x 640), at a tenth of its size
-G1_EXTRA = {f"{group}/{side}_eef_{kind}": width for group in ("obs", "action") for side in ("left", "right")
-            for kind, width in (("pos", 3), ("quat", 4))}
+G1_EXTRA = {
+    f"{group}/{side}_eef_{kind}": width
+    for group in ("obs", "action")
+    for side in ("left", "right")
+    for kind, width in (("pos", 3), ("quat", 4))
+}
 G1_EXTRA.update({"action/base_height_cmd": 1, "action/navigate_cmd": 3, "action/torso_orientation_rpy_cmd": 3})
 
 
 @pytest.fixture(scope="module")
 def g1_episodes():
-    return [synth.make_g1_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], G1_SIZE)
-            for i in range(ARGS["episodes"])]
+    return [
+        synth.make_g1_episode(ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], G1_SIZE)
+        for i in range(ARGS["episodes"])
+    ]
 
 
 def test_g1_schema_is_exact_and_holds_make_g1_episode(tmp_path, g1_episodes):
-    path = synth.write_synthetic(tmp_path / "g1.hdf5", episodes=2, min_frames=ARGS["min_frames"],
-                                 max_frames=ARGS["max_frames"], image_size="48x64", seed=ARGS["seed"],
-                                 progress=False, embodiment="g1")
+    path = synth.write_synthetic(
+        tmp_path / "g1.hdf5",
+        episodes=2,
+        min_frames=ARGS["min_frames"],
+        max_frames=ARGS["max_frames"],
+        image_size="48x64",
+        seed=ARGS["seed"],
+        progress=False,
+        embodiment="g1",
+    )
     with h5py.File(path, "r") as f:
         assert json.loads(f["data"].attrs["env_args"]) == {"env_name": synth.G1_ENV_NAME, "type": 2}
         for i in range(2):
             demo, ep = f[f"data/demo_{i}"], g1_episodes[i]
             t = int(demo.attrs["num_samples"])
-            expected = {"processed_actions": (43,), "obs/robot_joint_pos": (43,), "actions": (35,),
-                        "camera_obs/robot_head_cam_rgb": (48, 64, 3),
-                        **{key: (width,) for key, width in G1_EXTRA.items()}}
+            expected = {
+                "processed_actions": (43,),
+                "obs/robot_joint_pos": (43,),
+                "actions": (35,),
+                "camera_obs/robot_head_cam_rgb": (48, 64, 3),
+                **{key: (width,) for key, width in G1_EXTRA.items()},
+            }
             for key, shape in expected.items():
                 assert demo[key].shape == (t, *shape), key
                 assert demo[key].dtype == (np.uint8 if key.startswith("camera") else np.float32), key
                 assert demo[key].compression == "gzip", key
             for group in ("obs", "action"):
                 for side in ("left", "right"):  # wxyz unit quaternions
-                    np.testing.assert_allclose(np.linalg.norm(demo[f"{group}/{side}_eef_quat"][()], axis=1), 1,
-                                               atol=1e-6)
+                    np.testing.assert_allclose(
+                        np.linalg.norm(demo[f"{group}/{side}_eef_quat"][()], axis=1), 1, atol=1e-6
+                    )
             np.testing.assert_array_equal(demo["obs/robot_joint_pos"][()], ep.state)
             np.testing.assert_array_equal(demo["processed_actions"][()], ep.processed_actions)
             np.testing.assert_array_equal(demo["action/navigate_cmd"][()], ep.action["navigate_cmd"])
@@ -285,8 +316,9 @@ def test_g1_schema_is_exact_and_holds_make_g1_episode(tmp_path, g1_episodes):
 
 
 def test_g1_default_camera_is_480_by_640(tmp_path):
-    path = synth.write_synthetic(tmp_path / "g1.hdf5", episodes=1, min_frames=3, max_frames=3, progress=False,
-                                 embodiment="g1")
+    path = synth.write_synthetic(
+        tmp_path / "g1.hdf5", episodes=1, min_frames=3, max_frames=3, progress=False, embodiment="g1"
+    )
     with h5py.File(path, "r") as f:
         assert f["data/demo_0/camera_obs/robot_head_cam_rgb"].shape == (3, 480, 640, 3)
 
@@ -311,6 +343,7 @@ def test_g1_target_is_visible_in_a_non_square_image_and_jumps_only_there(g1_epis
 def test_g1_vision_is_needed_to_predict_the_action_chunk(g1_episodes):
     """The right arm 15 steps ahead: the target seen in the image must cut a linear model's error, as
     for GR1 (the navigate command, a velocity bell after each target change, is not linear in either)."""
+
     def fit_error(x, y):
         x = np.c_[x, np.ones(len(x))]
         weights, *_ = np.linalg.lstsq(x, y, rcond=None)
@@ -336,7 +369,7 @@ def test_g1_grasp_and_squat_are_announced_in_the_image_only(g1_episodes):
         centre = frames[np.arange(ep.length), (v * ep.height).astype(int), (u * ep.width).astype(int)]
         greener = centre[:, 1] > centre[:, 0]
         assert not greener[: max(ep.grasp_start - synth.GRASP_CUE, 0)].any()
-        assert greener[ep.grasp_start:].all()
+        assert greener[ep.grasp_start :].all()
         before = slice(0, ep.grasp_start + 1)
         hand = synth.G1_COLUMNS["right_hand_index_0_joint"]
         np.testing.assert_allclose(ep.state[before, hand], ep.state[0, hand])
@@ -375,3 +408,58 @@ def test_g1_frames_survive_h264(tmp_path):
     decoded = read_frames(tmp_path / "ep.mp4")
     assert decoded.shape == frames.shape
     assert min(psnr(a, b) for a, b in zip(frames, decoded)) >= 36.0
+
+
+# --- the second task (`--task reach_left`) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def left_episodes():
+    return [
+        synth.make_episode(
+            ARGS["seed"], i, ARGS["min_frames"], ARGS["max_frames"], ARGS["image_size"], task="reach_left"
+        )
+        for i in range(ARGS["episodes"])
+    ]
+
+
+def test_reach_left_starts_like_reach_right_and_moves_the_other_arm(episodes, left_episodes):
+    """Same seed: the same plan and the same first frames and state, so only the instruction tells which
+    hand reaches; then the left arm reaches and the right one only echoes it."""
+    groups = GR1.group_slices()
+    for right, left in zip(episodes, left_episodes):
+        assert (right.length, right.jump_steps, right.grasp_start) == (left.length, left.jump_steps, left.grasp_start)
+        np.testing.assert_array_equal(right.targets, left.targets)
+        np.testing.assert_array_equal(right.state[0], left.state[0])
+        np.testing.assert_array_equal(right.processed_actions[0], left.processed_actions[0])
+        np.testing.assert_array_equal(right.render(0, 4), left.render(0, 4))  # the hand is still below the image
+        r, lft = GR1.remap_action(right.processed_actions), GR1.remap_action(left.processed_actions)
+        spread = {name: (np.ptp(r[:, s], axis=0).max(), np.ptp(lft[:, s], axis=0).max()) for name, s in groups.items()}
+        for moved, still in (("left_arm", "right_arm"), ("left_hand", "right_hand")):
+            assert spread[moved][1] > 3 * spread[moved][0], moved  # reach_left moves it, reach_right hardly
+            assert spread[still][0] > 3 * spread[still][1], still  # and the other way round
+
+
+def test_reach_left_hand_ends_at_the_target_seen(left_episodes):
+    for ep in left_episodes:
+        settled = np.ones(ep.length, bool)
+        for start in [0, *ep.jump_steps]:
+            settled[start : start + 2 * synth.ARM_RAMP] = False  # the ramp plus the state's lag
+        hand_u, hand_v = synth.hand_position_in_image(ep.state, "left")
+        np.testing.assert_allclose(ep.hand[:, :2], np.c_[hand_u, hand_v])  # the camera shows the left hand
+        seen = target_from_image(ep.render())
+        assert settled.any() and np.abs(ep.hand[settled, :2] - seen[settled]).max() < 0.03
+
+
+def test_task_flag_and_its_limits(tmp_path):
+    small = ["--episodes", "1", "--min-frames", "20", "--max-frames", "20", "--image-size", "16"]
+    default, right, left = (tmp_path / f"{n}.hdf5" for n in ("default", "right", "left"))
+    assert run_cli("synth", default, *small) == 0
+    assert run_cli("synth", right, *small, "--task", "reach_right") == 0
+    assert default.read_bytes() == right.read_bytes()  # the default is the right-hand reach, unchanged
+    assert run_cli("synth", left, *small, "--task", "reach_left") == 0
+    with MimicFile(left) as mimic:
+        assert mimic.env_args["env_name"] == "Isaac-GR1T2-Synthetic-ReachLeft-v0"
+    for other in (["--embodiment", "g1"], ["--motion", "smooth"], ["--task", "wave"]):
+        assert run_cli("synth", tmp_path / "bad.hdf5", *small, "--task", "reach_left", *other) == 2, other
+    assert not (tmp_path / "bad.hdf5").exists()

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file
 from test_recipe import default_recipe
 
+from conftest import run_cli
 from posttrain.data import StepSampler, TrainingSamples, color_jitter, split_episodes
 from posttrain.errors import PosttrainError
 from posttrain.lerobot import ACTION, STATE, LeRobotDataset
@@ -31,8 +31,21 @@ from posttrain.policy import Normalizer, Policy, PolicyConfig
 
 JITTER = ["--color-jitter-params", "brightness", "0.3", "contrast", "0.4", "saturation", "0.5", "hue", "0.08"]
 # Small runs: 8 samples per step, a checkpoint every 6 steps, every step logged.
-SMALL_RUN = ["--global-batch-size", "8", "--max-steps", "24", "--save-steps", "6", "--save-total-limit", "2",
-             "--logging-steps", "1", "--learning-rate", "1e-3", *JITTER]
+SMALL_RUN = [
+    "--global-batch-size",
+    "8",
+    "--max-steps",
+    "24",
+    "--save-steps",
+    "6",
+    "--save-total-limit",
+    "2",
+    "--logging-steps",
+    "1",
+    "--learning-rate",
+    "1e-3",
+    *JITTER,
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -40,23 +53,54 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 def dataset(tmp_path_factory) -> Path:
     """The workflow's default synthetic dataset: 16 episodes × 70-100 frames, 64² images, with stats."""
     root = tmp_path_factory.mktemp("train_data")
-    assert run_cli("synth", root / "raw.hdf5", "--episodes", "16", "--min-frames", "70", "--max-frames", "100",
-                   "--image-size", "64", "--seed", "0") == 0
+    assert (
+        run_cli(
+            "synth",
+            root / "raw.hdf5",
+            "--episodes",
+            "16",
+            "--min-frames",
+            "70",
+            "--max-frames",
+            "100",
+            "--image-size",
+            "64",
+            "--seed",
+            "0",
+        )
+        == 0
+    )
     assert run_cli("convert", "--input", root / "raw.hdf5", "--output", root / "lerobot", "--workers", "2") == 0
     assert run_cli("stats", root / "lerobot") == 0
     return root / "lerobot"
 
 
 def train_command(dataset: Path, output: Path, *extra: str, processes: int = 1) -> list[str]:
-    launcher = [sys.executable, "-m", "posttrain.cli"] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-        "-m", "posttrain.cli"]
+    launcher = (
+        [sys.executable, "-m", "posttrain.cli"]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "posttrain.cli",
+        ]
+    )
     return [*launcher, "train", "--dataset", str(dataset), "--output", str(output), *extra]
 
 
 def train(dataset: Path, output: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(dataset, output, *extra, processes=processes), env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        train_command(dataset, output, *extra, processes=processes),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -89,15 +133,18 @@ def test_sampler_splits_the_same_global_batch_over_processes_and_accumulation():
     one = StepSampler(100, 8, 1, 0, 1, seed=5, start_step=0, max_steps=40)
     for step in (0, 7, 13, 39):
         expected = one.micro_batches(step)[0]
-        shards = [StepSampler(100, 2, 2, rank, 2, seed=5, start_step=0, max_steps=40).micro_batches(step)
-                  for rank in (0, 1)]
+        shards = [
+            StepSampler(100, 2, 2, rank, 2, seed=5, start_step=0, max_steps=40).micro_batches(step) for rank in (0, 1)
+        ]
         # micro-batch k of rank r holds global slice (k * 2 + r)
         assert [x for k in range(2) for r in range(2) for x in shards[r][k]] == expected
     # Every epoch visits each sample once (positions 0..99, 100..199, ...), in a seed-dependent order.
     visited = [index for step in range(25) for index, _ in one.micro_batches(step)[0]]
     assert sorted(visited[:100]) == list(range(100)) and sorted(visited[100:200]) == list(range(100))
     assert visited[:100] != visited[100:200]
-    assert [i for i, _ in StepSampler(100, 8, 1, 0, 1, 6, 0, 1).micro_batches(0)[0]] != [i for i, _ in one.micro_batches(0)[0]]
+    assert [i for i, _ in StepSampler(100, 8, 1, 0, 1, 6, 0, 1).micro_batches(0)[0]] != [
+        i for i, _ in one.micro_batches(0)[0]
+    ]
     # Resuming at step s yields exactly the batches of steps s.. of a run from 0.
     assert list(StepSampler(100, 8, 1, 0, 1, 5, 10, 40)) == list(one)[10:]
 
@@ -112,7 +159,7 @@ def test_training_sample_matches_the_dataset(dataset):
     lengths = [row["length"] for row in ds.episodes[:14]]
     assert len(samples) == sum(n - 15 for n in lengths)  # start steps 0..len-16, no padding
 
-    index = lengths[0] - 15 + 7                          # episode 1, start step 7
+    index = lengths[0] - 15 + 7  # episode 1, start step 7
     sample = samples[(index, 123)]
     columns = ds.read_episode(1, [STATE, ACTION])
     frames = ds.read_video(1, "observation.images.ego_view", size=(64, 64))
@@ -126,8 +173,13 @@ def test_training_sample_matches_the_dataset(dataset):
     assert all(torch.equal(sample[k], again[k]) for k in sample)
     assert not torch.equal(sample["noise"], other["noise"])
 
-    jittered = TrainingSamples(ds, split["train_episodes"], normalizer, seed=0,
-                               color_jitter_params={"brightness": 0.3, "contrast": 0.4, "saturation": 0.5, "hue": 0.08})
+    jittered = TrainingSamples(
+        ds,
+        split["train_episodes"],
+        normalizer,
+        seed=0,
+        color_jitter_params={"brightness": 0.3, "contrast": 0.4, "saturation": 0.5, "hue": 0.08},
+    )
     assert not torch.allclose(jittered[(index, 123)]["images"], sample["images"])
     assert torch.equal(jittered[(index, 123)]["action"], sample["action"])
 
@@ -170,83 +222,153 @@ def test_bad_inputs_fail_with_one_clear_line(dataset, tmp_path, capsys):
     no_stats = tmp_path / "no_stats"
     shutil.copytree(dataset, no_stats)
     (no_stats / "meta" / "stats.json").unlink()
-    assert error_of(capsys, "--dataset", no_stats, "--output", out) == \
-        f"error: {no_stats / 'meta' / 'stats.json'}: missing; run `posttrain stats {no_stats}` first"
+    assert (
+        error_of(capsys, "--dataset", no_stats, "--output", out)
+        == f"error: {no_stats / 'meta' / 'stats.json'}: missing; run `posttrain stats {no_stats}` first"
+    )
 
     bad_stats = tmp_path / "bad_stats"
     shutil.copytree(dataset, bad_stats)
     stats = json.loads((bad_stats / "meta" / "stats.json").read_text())
     stats["action"]["q99"] = stats["action"]["q99"][:25]
     (bad_stats / "meta" / "stats.json").write_text(json.dumps(stats))
-    assert error_of(capsys, "--dataset", bad_stats, "--output", out) == \
-        f"error: {bad_stats / 'meta' / 'stats.json'}: action.q99: shape (25,), expected (26,)"
+    assert (
+        error_of(capsys, "--dataset", bad_stats, "--output", out)
+        == f"error: {bad_stats / 'meta' / 'stats.json'}: action.q99: shape (25,), expected (26,)"
+    )
 
     bad_modality = tmp_path / "bad_modality"
     shutil.copytree(dataset, bad_modality)
     modality = json.loads((bad_modality / "meta" / "modality.json").read_text())
     modality["video"]["ego_view"]["original_key"] = "observation.images.nope"
     (bad_modality / "meta" / "modality.json").write_text(json.dumps(modality))
-    assert error_of(capsys, "--dataset", bad_modality, "--output", out) == \
-        (f"error: {bad_modality / 'meta' / 'modality.json'}: video.ego_view: 'observation.images.nope' is not a "
-         "video feature of meta/info.json ['observation.images.ego_view']")
+    assert error_of(capsys, "--dataset", bad_modality, "--output", out) == (
+        f"error: {bad_modality / 'meta' / 'modality.json'}: video.ego_view: 'observation.images.nope' is not a "
+        "video feature of meta/info.json ['observation.images.ego_view']"
+    )
 
-    assert error_of(capsys, "--dataset", dataset, "--output", out, "--holdout-episodes", "16") == \
-        f"error: {dataset / 'meta' / 'episodes.jsonl'}: 16 episodes; holding out 16 needs at least 17"
-    assert error_of(capsys, "--dataset", dataset, "--output", out, "--global-batch-size", "9",
-                    "--gradient-accumulation-steps", "2") == \
-        "error: --global-batch-size 9 is not divisible by 1 process(es) × 2 gradient-accumulation step(s)"
-    assert error_of(capsys, "--dataset", dataset, "--output", out, "--color-jitter-params", "brightness") == \
-        "error: --color-jitter-params: expected KEY VALUE pairs, got brightness"
-    assert error_of(capsys, "--dataset", dataset, "--output", out, "--color-jitter-params", "gamma", "0.1") == \
-        "error: --color-jitter-params: unknown key 'gamma', expected one of brightness, contrast, saturation, hue"
-    assert error_of(capsys, "--dataset", dataset, "--output", out, "--no-tune-llm", "--no-tune-visual",
-                    "--no-tune-projector", "--no-tune-diffusion-model") == \
-        "error: nothing to train: every --tune-* flag is off"
+    assert (
+        error_of(capsys, "--dataset", dataset, "--output", out, "--holdout-episodes", "16")
+        == f"error: {dataset / 'meta' / 'episodes.jsonl'}: 16 episodes; holding out 16 needs at least 17"
+    )
+    assert (
+        error_of(
+            capsys,
+            "--dataset",
+            dataset,
+            "--output",
+            out,
+            "--global-batch-size",
+            "9",
+            "--gradient-accumulation-steps",
+            "2",
+        )
+        == "error: --global-batch-size 9 is not divisible by 1 process(es) × 2 gradient-accumulation step(s)"
+    )
+    assert (
+        error_of(capsys, "--dataset", dataset, "--output", out, "--color-jitter-params", "brightness")
+        == "error: --color-jitter-params: expected KEY VALUE pairs, got brightness"
+    )
+    assert (
+        error_of(capsys, "--dataset", dataset, "--output", out, "--color-jitter-params", "gamma", "0.1")
+        == "error: --color-jitter-params: unknown key 'gamma', expected one of brightness, contrast, saturation, hue"
+    )
+    assert (
+        error_of(
+            capsys,
+            "--dataset",
+            dataset,
+            "--output",
+            out,
+            "--no-tune-llm",
+            "--no-tune-visual",
+            "--no-tune-projector",
+            "--no-tune-diffusion-model",
+        )
+        == "error: nothing to train: every --tune-* flag is off"
+    )
     if importlib.util.find_spec("wandb") is None:  # not a dependency: the flag must say so, not crash
-        assert error_of(capsys, "--dataset", dataset, "--output", out, "--use-wandb") == \
-            "error: --use-wandb: the wandb package is not installed (pip install wandb, or --no-use-wandb)"
+        assert (
+            error_of(capsys, "--dataset", dataset, "--output", out, "--use-wandb")
+            == "error: --use-wandb: the wandb package is not installed (pip install wandb, or --no-use-wandb)"
+        )
     assert not (out / "DONE.json").exists() and not list(out.glob("checkpoint-*"))
 
 
 def test_episode_files_that_disagree_with_the_metadata_fail_clearly(dataset, tmp_path, capsys):
     from posttrain.video import encode_video
+
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
     ds = LeRobotDataset(broken)
     rows = ds.episodes[0]["length"]
     video = ds.video_path(0, "observation.images.ego_view")
-    encode_video(video, ds.read_video(0, "observation.images.ego_view")[:rows - 5], fps=ds.fps)
+    encode_video(video, ds.read_video(0, "observation.images.ego_view")[: rows - 5], fps=ds.fps)
     only_episode_0 = ["--holdout-episodes", "15", "--max-steps", "1", "--global-batch-size", "4"]
     for workers in ("0", "1"):  # the message is the same when a DataLoader worker raises it
-        assert error_of(capsys, "--dataset", broken, "--output", tmp_path / "run", *only_episode_0,
-                        "--dataloader-num-workers", workers) == \
-            f"error: {video}: episode 0: {rows - 5} video frames, expected {rows} (parquet rows)"
-    episodes = (broken / "meta" / "episodes.jsonl").read_text().replace(f'"length": {rows}}}', f'"length": {rows + 1}}}', 1)
+        assert (
+            error_of(
+                capsys,
+                "--dataset",
+                broken,
+                "--output",
+                tmp_path / "run",
+                *only_episode_0,
+                "--dataloader-num-workers",
+                workers,
+            )
+            == f"error: {video}: episode 0: {rows - 5} video frames, expected {rows} (parquet rows)"
+        )
+    episodes = (
+        (broken / "meta" / "episodes.jsonl").read_text().replace(f'"length": {rows}}}', f'"length": {rows + 1}}}', 1)
+    )
     (broken / "meta" / "episodes.jsonl").write_text(episodes)
-    assert error_of(capsys, "--dataset", broken, "--output", tmp_path / "run", *only_episode_0) == \
-        f"error: {ds.parquet_path(0)}: episode 0: {rows} rows, meta/episodes.jsonl says length {rows + 1}"
+    assert (
+        error_of(capsys, "--dataset", broken, "--output", tmp_path / "run", *only_episode_0)
+        == f"error: {ds.parquet_path(0)}: episode 0: {rows} rows, meta/episodes.jsonl says length {rows + 1}"
+    )
 
 
 def test_episodes_shorter_than_the_horizon_give_no_samples(tmp_path, capsys):
-    assert run_cli("synth", tmp_path / "short.hdf5", "--episodes", "3", "--min-frames", "10", "--max-frames", "14",
-                   "--image-size", "32", "--seed", "1") == 0
+    assert (
+        run_cli(
+            "synth",
+            tmp_path / "short.hdf5",
+            "--episodes",
+            "3",
+            "--min-frames",
+            "10",
+            "--max-frames",
+            "14",
+            "--image-size",
+            "32",
+            "--seed",
+            "1",
+        )
+        == 0
+    )
     assert run_cli("convert", "--input", tmp_path / "short.hdf5", "--output", tmp_path / "short") == 0
     assert run_cli("stats", tmp_path / "short") == 0
     capsys.readouterr()
     message = error_of(capsys, "--dataset", tmp_path / "short", "--output", tmp_path / "run", "--holdout-episodes", "1")
-    assert message == (f"error: {tmp_path / 'short'}: no training samples: every one of episodes [0, 1] is shorter "
-                       "than the action horizon 16 (GR00T does not pad)")
+    assert message == (
+        f"error: {tmp_path / 'short'}: no training samples: every one of episodes [0, 1] is shorter "
+        "than the action horizon 16 (GR00T does not pad)"
+    )
 
 
 # --- multi-process, resume, rotation -----------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_match_one_process(dataset, reference_run, tmp_path):
     """2 processes (gloo) × 2 per device × 2 accumulation steps = the reference's 8 samples per step."""
     out = tmp_path / "run"
-    train(dataset, out, *SMALL_RUN, "--gradient-accumulation-steps", "2", "--dataloader-num-workers", "0",
-          processes=2)
+    train(dataset, out, *SMALL_RUN, "--gradient-accumulation-steps", "2", "--dataloader-num-workers", "0", processes=2)
     final, reference = out / "checkpoint-24", reference_run / "checkpoint-24"
     state = trainer_state(final)
-    assert state["num_processes"] == 2 and json.loads((final / "train_config.json").read_text())["per_device_batch_size"] == 2
+    assert (
+        state["num_processes"] == 2
+        and json.loads((final / "train_config.json").read_text())["per_device_batch_size"] == 2
+    )
     checksums = state["weight_checksum_per_process"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # ranks hold identical weights
     ref_losses, got = losses(reference), losses(final)
@@ -256,10 +378,16 @@ def test_two_processes_match_one_process(dataset, reference_run, tmp_path):
     assert Policy.from_checkpoint(final).config.action_horizon == 16  # eval can load it
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_same_run(dataset, reference_run, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen(train_command(dataset, out, *SMALL_RUN, "--dataloader-num-workers", "1"), env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        train_command(dataset, out, *SMALL_RUN, "--dataloader-num-workers", "1"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoint-6" / "trainer_state.json").exists():
@@ -291,12 +419,24 @@ def test_resume_after_kill_continues_the_same_run(dataset, reference_run, tmp_pa
     assert not list(out.glob(".checkpoint-*"))
     assert sorted(p.name for p in reference_run.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-24"]
     files = {p.name for p in final.iterdir()}
-    assert {"model.safetensors", "model_config.json", "stats.json", "modality.json", "split.json",
-            "train_config.json", "identity.json", "manifest.json", "trainer_state.json", "optimizer.bin",
-            "scheduler.bin", "random_states_0.pkl"} <= files
+    assert {
+        "model.safetensors",
+        "model_config.json",
+        "stats.json",
+        "modality.json",
+        "split.json",
+        "train_config.json",
+        "identity.json",
+        "manifest.json",
+        "trainer_state.json",
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+    } <= files
     assert list((out / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_only_rewrites_done(dataset, reference_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
@@ -313,8 +453,12 @@ def test_rerun_of_a_finished_run_only_rewrites_done(dataset, reference_run, tmp_
     changed[changed.index("--learning-rate") + 1] = "5e-4"
     changed[changed.index("--max-steps") + 1] = "6"
     result = train(dataset, out, *changed, "--dataloader-num-workers", "0")
-    assert "set aside checkpoint-18, checkpoint-24, tensorboard, DONE.json (another run: learning_rate: 0.001 -> " \
-           "0.0005; max_steps: 24 -> 6)" in result.stderr and "resumed from" not in result.stderr
+    assert (
+        "set aside checkpoint-18, checkpoint-24, tensorboard, DONE.json (another run: learning_rate: 0.001 -> "
+        "0.0005; max_steps: 24 -> 6)"
+        in result.stderr
+        and "resumed from" not in result.stderr
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
     assert [e["step"] for e in trainer_state(out / "checkpoint-6")["log_history"]] == list(range(1, 7))
     assert (next(out.glob("superseded/*")) / "checkpoint-24" / "model.safetensors").read_bytes() == before
@@ -333,12 +477,14 @@ def open_loop_errors(checkpoint: Path, dataset: Path, stride: int = 4) -> dict[s
         columns = ds.read_episode(episode, [STATE, ACTION])
         frames = ds.read_video(episode, "observation.images.ego_view")
         starts = list(range(0, len(columns[STATE]) - horizon + 1, stride))
-        target = normalizer.normalize_action(np.stack([columns[ACTION][i:i + horizon] for i in starts]))
+        target = normalizer.normalize_action(np.stack([columns[ACTION][i : i + horizon] for i in starts]))
         images, state = frames[starts][:, None], columns[STATE][starts]
         texts = [ds.task_text(0)] * len(starts)
         guesses = {
             "policy": policy.predict(images, state, texts, generator=torch.Generator().manual_seed(0)),
-            "blank_images": policy.predict(np.zeros_like(images), state, texts, generator=torch.Generator().manual_seed(0)),
+            "blank_images": policy.predict(
+                np.zeros_like(images), state, texts, generator=torch.Generator().manual_seed(0)
+            ),
             "mean_action": np.broadcast_to(mean_action, target.shape),
             "hold_state": np.repeat(state[:, None], horizon, axis=1),  # GR1 actions are joint position targets
         }
@@ -353,8 +499,13 @@ def test_tiny_policy_learns_and_uses_vision(dataset, tmp_path):
     min_steps floor, 800 steps = 26 epochs here) on the default synthetic set: the policy beats both
     baselines by 2x on held-out episodes, and blank images make it clearly worse."""
     out = tmp_path / "run"
-    result = subprocess.run(train_command(dataset, out, *default_recipe(), "--save-steps", "400"),
-                            env={**ENV, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        train_command(dataset, out, *default_recipe(), "--save-steps", "400"),
+        env={**ENV, "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     errors = open_loop_errors(out / json.loads((out / "DONE.json").read_text())["final_checkpoint"], dataset)
     print(json.dumps(errors))

@@ -43,20 +43,26 @@ def test_fresh_conversion_passes_with_source(converted_dataset, synth_hdf5, tmp_
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is True and report["failures"] == 0
     names = {c["name"] for c in report["checks"]}
-    assert SOURCE_CHECKS | {"info_totals", "video_frames", "timestamps", "index", "finite", "stats_json",
-                            "episodes_stats"} <= names
+    assert (
+        SOURCE_CHECKS | {"info_totals", "video_frames", "timestamps", "index", "finite", "stats_json", "episodes_stats"}
+        <= names
+    )
     assert all(c["passed"] for c in report["checks"])
     # 4 samples per episode and their neighbours in the video: 2 + 3 + 3 + 2 frames
     assert report["psnr_db"]["min"] >= 35 and report["psnr_db"]["frames_compared"] == 6 * 10
     assert report["episodes"] == 6
 
     import matplotlib.image as mpimg
+
     joints = mpimg.imread(out / "preview" / "episode_000000_joints.png")
     assert joints.ndim == 3 and joints.shape[0] > 300 and joints.shape[1] > 300 and joints.std() > 0
     sheet = mpimg.imread(out / "preview" / "contact_sheet.png")
     assert sheet.ndim == 3 and sheet.shape[1] > sheet.shape[0] > 100  # 2 rows x 6 columns of frames
     assert sorted(p.name for p in (out / "preview").iterdir() if not p.name.startswith(".")) == [
-        "contact_sheet.png", "episode_000000_joints.png", "episode_000001_joints.png"]
+        "contact_sheet.png",
+        "episode_000000_joints.png",
+        "episode_000001_joints.png",
+    ]
 
 
 def test_without_source_only_internal_checks(converted_dataset, tmp_path):
@@ -88,8 +94,11 @@ def test_shifted_action_column(copy_dataset, synth_hdf5, tmp_path, capsys):
     table = pq.read_table(path)
     action = lerobot.column_to_numpy(table.column("action"))
     rolled = np.roll(action, 1, axis=0).astype(np.float32)
-    column = pa.ListArray.from_arrays(pa.array(np.arange(0, rolled.size + 1, 26, dtype=np.int32)),
-                                      pa.array(rolled.reshape(-1)), type=lerobot.FLOAT_LIST)
+    column = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, rolled.size + 1, 26, dtype=np.int32)),
+        pa.array(rolled.reshape(-1)),
+        type=lerobot.FLOAT_LIST,
+    )
     lerobot.write_table(path, table.set_column(table.schema.get_field_index("action"), "action", column))
     out = tmp_path / "verify"
     assert verify(ds, out, "--source", synth_hdf5, "--sampled-frames", "2", "--preview-episodes", "0") == 2
@@ -177,16 +186,21 @@ def test_broken_parquet(copy_dataset, tmp_path, capsys, damage):
         table = pq.read_table(path)
         rewards = table.column("next.reward").to_numpy().copy()
         rewards[2] = np.nan
-        lerobot.write_table(path, table.set_column(table.schema.get_field_index("next.reward"), "next.reward",
-                                                   pa.array(rewards)))
+        lerobot.write_table(
+            path, table.set_column(table.schema.get_field_index("next.reward"), "next.reward", pa.array(rewards))
+        )
         expected = "episode 4: finite: next.reward: 1 non-finite values, first at row 2"
     out = tmp_path / "verify"
     assert verify(ds, out, "--preview-episodes", "0") == 2
     line, report = failed(capsys, out)
     assert expected in line
     if damage == "missing_parquet":  # the episode itself, and stats that cannot be recomputed without it
-        assert failures(report) == {("info_totals", None), ("parquet_rows", 4), ("stats_json", None),
-                                    ("episodes_stats", None)}
+        assert failures(report) == {
+            ("info_totals", None),
+            ("parquet_rows", 4),
+            ("stats_json", None),
+            ("episodes_stats", None),
+        }
         detail = next(c["detail"] for c in report["checks"] if c["name"] == "parquet_rows" and c["episode"] == 4)
         assert detail.startswith("data/chunk-000/episode_000004.parquet: unreadable")
 
@@ -210,8 +224,12 @@ def test_wrong_drop_frame_is_caught_by_alignment(copy_dataset, synth_hdf5, tmp_p
     source["drop_frame"] = "last"
     (ds / "meta/source.json").write_text(json.dumps(source))
     out = tmp_path / "verify"
-    assert verify(ds, out, "--source", synth_hdf5, "--sampled-frames", "6", "--preview-episodes", "0",
-                  "--min-psnr-db", "20") == 2
+    assert (
+        verify(
+            ds, out, "--source", synth_hdf5, "--sampled-frames", "6", "--preview-episodes", "0", "--min-psnr-db", "20"
+        )
+        == 2
+    )
     line, report = failed(capsys, out)
     assert "episode 0: video_alignment:" in line and "frame j+1" in line and "wrong drop_frame 'last'" in line
     assert {name for name, _ in failures(report)} == {"video_alignment"}
@@ -224,8 +242,23 @@ def test_near_tie_is_not_a_frame_shift(tmp_path):
     little closer to a neighbouring HDF5 frame; only a clear margin over the pooled samples is a shift.
     """
     hdf5, out = tmp_path / "demos.hdf5", tmp_path / "lerobot"
-    assert run_cli("synth", hdf5, "--episodes", "4", "--min-frames", "70", "--max-frames", "100",
-                   "--image-size", "64", "--seed", "1") == 0
+    assert (
+        run_cli(
+            "synth",
+            hdf5,
+            "--episodes",
+            "4",
+            "--min-frames",
+            "70",
+            "--max-frames",
+            "100",
+            "--image-size",
+            "64",
+            "--seed",
+            "1",
+        )
+        == 0
+    )
     assert run_cli("convert", "--input", hdf5, "--output", out, "--workers", "2") == 0
     assert run_cli("stats", out) == 0
     assert verify(out, tmp_path / "verify", "--source", hdf5, "--sampled-frames", "6", "--preview-episodes", "0") == 0
@@ -239,8 +272,7 @@ def test_video_of_another_episode_fails(copy_dataset, synth_hdf5, tmp_path, caps
     lengths = [e["length"] for e in data.episodes]
     short = int(np.argmin(lengths))
     other = (short + 1) % len(lengths)
-    encode_video(data.video_path(short, key), read_frames(data.video_path(other, key))[:lengths[short]],
-                 fps=data.fps)
+    encode_video(data.video_path(short, key), read_frames(data.video_path(other, key))[: lengths[short]], fps=data.fps)
     out = tmp_path / "verify"
     assert verify(ds, out, "--source", synth_hdf5, "--preview-episodes", "0") == 2
     line, report = failed(capsys, out)

@@ -40,7 +40,7 @@ def texture(kind: str, frames: int, size: int, seed: int) -> np.ndarray:
     ink = np.kron(glyphs, np.ones((8, 6), bool)) & (np.arange(8 * len(glyphs))[:, None] % 8 < 7)
     ink &= rng.random(ink.shape) < 0.7  # stroke texture inside each glyph cell
     for t in range(frames):
-        page = ink[:size, t:t + size]
+        page = ink[:size, t : t + size]
         out[t] = 250
         out[t][page & (yy % 16 < 8)] = (200, 20, 30)
         out[t][page & (yy % 16 >= 8)] = (20, 40, 210)
@@ -49,14 +49,30 @@ def texture(kind: str, frames: int, size: int, seed: int) -> np.ndarray:
 
 def textured_hdf5(path: Path, kind: str, size: int, episodes: int, frames: int) -> Path:
     """A synthetic Mimic HDF5 whose camera frames are replaced by `texture` (each demo its own seed)."""
-    assert run_cli("synth", path, "--episodes", episodes, "--min-frames", frames, "--max-frames", frames,
-                   "--image-size", 16, "--seed", 0) == 0
+    assert (
+        run_cli(
+            "synth",
+            path,
+            "--episodes",
+            episodes,
+            "--min-frames",
+            frames,
+            "--max-frames",
+            frames,
+            "--image-size",
+            16,
+            "--seed",
+            0,
+        )
+        == 0
+    )
     with h5py.File(path, "a") as f:
         for i, demo in enumerate(sorted(f["data"], key=lambda name: int(name.split("_")[1]))):
             key = f"data/{demo}/camera_obs/{CAMERA}"
             del f[key]
-            f.create_dataset(key, data=texture(kind, frames, size, seed=100 * size + i), chunks=True,
-                             compression="gzip")
+            f.create_dataset(
+                key, data=texture(kind, frames, size, seed=100 * size + i), chunks=True, compression="gzip"
+            )
     return path
 
 
@@ -69,8 +85,9 @@ def convert(tmp_path: Path, kind: str, size: int, episodes: int, frames: int) ->
 
 
 def verify(dataset: Path, hdf5: Path, output: Path, *extra) -> int:
-    return run_cli("verify", dataset, "--source", hdf5, "--output", output, "--preview-episodes", 0,
-                   "--workers", 2, *extra)
+    return run_cli(
+        "verify", dataset, "--source", hdf5, "--output", output, "--preview-episodes", 0, "--workers", 2, *extra
+    )
 
 
 def raw_psnr(dataset: Path, hdf5: Path, episode: int) -> float:
@@ -85,8 +102,9 @@ def raw_psnr(dataset: Path, hdf5: Path, episode: int) -> float:
 def failures(output: Path) -> dict[tuple[str, int | None], str]:
     assert not (output / "report.json").exists()
     report = json.loads((output / "report.failed.json").read_text())
-    return {(c["name"], c["episode"]): c["detail"] for c in report["checks"]
-            if not c["passed"] and not c.get("summary")}
+    return {
+        (c["name"], c["episode"]): c["detail"] for c in report["checks"] if not c["passed"] and not c.get("summary")
+    }
 
 
 # --- valid conversions pass --------------------------------------------------------------------

@@ -25,16 +25,17 @@ def wandb_history(run_file) -> list[dict]:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        pending += data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
             if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
     return rows
 
 
@@ -45,10 +46,33 @@ def test_wandb_offline_logs_the_tensorboard_scalars(converted_dataset, tmp_path)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "posttrain.cli", "train", "--dataset", str(converted_dataset), "--output",
-         str(run_dir), "--max-steps", "4", "--save-steps", "4", "--global-batch-size", "4",
-         "--dataloader-num-workers", "0", "--logging-steps", "2", "--use-wandb"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "posttrain.cli",
+            "train",
+            "--dataset",
+            str(converted_dataset),
+            "--output",
+            str(run_dir),
+            "--max-steps",
+            "4",
+            "--save-steps",
+            "4",
+            "--global-batch-size",
+            "4",
+            "--dataloader-num-workers",
+            "0",
+            "--logging-steps",
+            "2",
+            "--use-wandb",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))

@@ -21,6 +21,8 @@ import yaml
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # real Snakemake runs and dry runs (~3-11 s each): the full lane (README)
+
 ISOLATED = ["--profile", "none", "--workflow-profile", "none"]
 CHECKOUT: Path  # set by the `checkout` fixture
 CONFIGS: list[Path]
@@ -34,8 +36,9 @@ def checkout(tmp_path_factory) -> Path:
     shutil.copy(REPO / "Snakefile", copy / "Snakefile")
     for folder in ("rules", "scripts", "envs", "config"):
         shutil.copytree(REPO / folder, copy / folder)
-    shutil.copytree(REPO / "src" / "posttrain", copy / "src" / "posttrain",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "posttrain", copy / "src" / "posttrain", ignore=shutil.ignore_patterns("__pycache__")
+    )
     CHECKOUT = copy
     CONFIGS = [copy / "config" / "config.yaml", copy / "config" / "test" / "tiny.yaml"]
     return copy
@@ -44,8 +47,17 @@ def checkout(tmp_path_factory) -> Path:
 def smk(workdir: Path, *args, configfiles="default", profile_args=ISOLATED) -> subprocess.CompletedProcess:
     """snakemake from the repo root on workdir; --configfile goes last (it takes several values)."""
     configfiles = CONFIGS if configfiles == "default" else configfiles
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(CHECKOUT / "Snakefile"), "--directory", str(workdir),
-           *profile_args, *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(CHECKOUT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *profile_args,
+        *map(str, args),
+    ]
     if configfiles:
         cmd += ["--configfile", *map(str, configfiles)]
     # the rules call `posttrain`: find it beside this Python even when the venv is not activated
@@ -89,9 +101,16 @@ def done_run(tmp_path_factory) -> Path:
 
 def test_full_run_writes_every_stage(done_run):
     ds = done_run / "results" / "tiny"
-    for path in ["lerobot/meta/info.json", "lerobot/meta/stats.json", "verify/report.json",
-                 "train/tiny/DONE.json", "train/tiny/checkpoint-20", "eval/tiny/metrics.json",
-                 "report/dataset.html", "report/tiny/eval_metrics.html"]:
+    for path in [
+        "lerobot/meta/info.json",
+        "lerobot/meta/stats.json",
+        "verify/report.json",
+        "train/tiny/DONE.json",
+        "train/tiny/checkpoint-20",
+        "eval/tiny/metrics.json",
+        "report/dataset.html",
+        "report/tiny/eval_metrics.html",
+    ]:
         assert (ds / path).exists(), path
     assert not (ds / "convert_shards").exists() or not any((ds / "convert_shards").iterdir())  # temp()
     log = (done_run / "logs" / "train" / "tiny" / "tiny.log").read_text()
@@ -99,8 +118,10 @@ def test_full_run_writes_every_stage(done_run):
     assert (done_run / "benchmarks" / "convert_shard" / "tiny" / "1.tsv").is_file()
     # the run ends by saying whether the policy beats the baselines (20 steps: it may well not)
     verdict = json.loads((ds / "eval" / "tiny" / "metrics.json").read_text())["verdict"]
-    assert f"eval verdict (results/tiny/eval/tiny/metrics.json): {verdict['summary']}" in (
-        done_run / "snakemake.stderr").read_text()
+    assert (
+        f"eval verdict (results/tiny/eval/tiny/metrics.json): {verdict['summary']}"
+        in (done_run / "snakemake.stderr").read_text()
+    )
 
 
 def test_untouched_plans_nothing(done_run):
@@ -110,7 +131,11 @@ def test_untouched_plans_nothing(done_run):
 def test_learning_rate_reruns_training_onward(done_run, tmp_path):
     files = overlay(tmp_path / "lr.yaml", "train: {learning_rate: 1.0e-4}\n")
     assert set(planned(smk(done_run, "-n", configfiles=files))) == {
-        "train", "eval", "report_training", "report_metrics"}
+        "train",
+        "eval",
+        "report_training",
+        "report_metrics",
+    }
 
 
 def test_gr00t_backend_plans_training_but_not_our_eval(tmp_path):
@@ -139,14 +164,18 @@ def test_reordering_config_keys_plans_nothing(done_run, tmp_path):
 
 def write_profile(folder: Path, gpus: int, launcher: str) -> Path:
     folder.mkdir()
-    (folder / "profile.yaml").write_text(yaml.safe_dump({
-        "configfile": [str(p) for p in CONFIGS],  # the same training preset for both
-        "config": {"hardware": "cpu"},  # GPUs for train, but the tiny preset (else: refused)
-        "cores": 2,
-        "resources": {"gpu": gpus},
-        "set-resources": {"train": {"gpu": gpus, "launcher": launcher}},
-        "printshellcmds": True,
-    }))
+    (folder / "profile.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "configfile": [str(p) for p in CONFIGS],  # the same training preset for both
+                "config": {"hardware": "cpu"},  # GPUs for train, but the tiny preset (else: refused)
+                "cores": 2,
+                "resources": {"gpu": gpus},
+                "set-resources": {"train": {"gpu": gpus, "launcher": launcher}},
+                "printshellcmds": True,
+            }
+        )
+    )
     return folder
 
 
@@ -154,11 +183,14 @@ def test_switching_profiles_with_the_same_preset_plans_nothing(done_run, tmp_pat
     cpu = write_profile(tmp_path / "cpu", 0, "posttrain")
     quad = write_profile(tmp_path / "quad", 4, "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli")
     for profile in (cpu, quad):
-        result = smk(done_run, "-n", configfiles=None, profile_args=["--profile", profile, "--workflow-profile", "none"])
+        result = smk(
+            done_run, "-n", configfiles=None, profile_args=["--profile", profile, "--workflow-profile", "none"]
+        )
         assert planned(result) == {}, profile.name
     # ...while the launcher really differs: force the train job into the plan to see its command
-    result = smk(done_run, "-n", "-R", "train", configfiles=None,
-                 profile_args=["--profile", quad, "--workflow-profile", "none"])
+    result = smk(
+        done_run, "-n", "-R", "train", configfiles=None, profile_args=["--profile", quad, "--workflow-profile", "none"]
+    )
     assert "accelerate launch --multi_gpu --num_processes 4 -m posttrain.cli train" in result.stdout
 
 
@@ -177,8 +209,12 @@ def test_code_change_reruns_that_stage_onward(done_run, checkout):
     plan = plan_after_edit(done_run, package / "convert.py")
     assert "synth" not in plan
     assert {"convert_shard", "convert_gather", "stats", "verify", "train", "eval"} <= set(plan)
-    assert set(plan_after_edit(done_run, package / "train.py")) == {"train", "eval", "report_training",
-                                                                    "report_metrics"}
+    assert set(plan_after_edit(done_run, package / "train.py")) == {
+        "train",
+        "eval",
+        "report_training",
+        "report_metrics",
+    }
     assert planned(smk(done_run, "-n")) == {}  # restored: the hash is of the content, not the mtime
     assert plan_after_edit(done_run, package / "files.py", "\n# a comment\n") == {}  # syntax trees only
 
@@ -193,14 +229,22 @@ def test_gpu_profile_without_gpus_fails_before_training(done_run, tmp_path):
     profile = write_profile(tmp_path / "two_gpus", 2, "posttrain")
     env_skip = os.environ.pop("POSTTRAIN_SKIP_GPU_CHECK", None)
     try:
-        result = smk(workdir, "-R", "train", "--until", "train", configfiles=None,
-                     profile_args=["--profile", profile, "--workflow-profile", "none"])
+        result = smk(
+            workdir,
+            "-R",
+            "train",
+            "--until",
+            "train",
+            configfiles=None,
+            profile_args=["--profile", profile, "--workflow-profile", "none"],
+        )
     finally:
         if env_skip is not None:
             os.environ["POSTTRAIN_SKIP_GPU_CHECK"] = env_skip
     assert result.returncode != 0
     assert "error: train asks for 2 GPU(s) (resources.gpu from the profile) but this node has 0" in (
-        result.stdout + result.stderr), result.stdout + result.stderr
+        result.stdout + result.stderr
+    ), result.stdout + result.stderr
     run_dir = workdir / "results" / "tiny" / "train" / "tiny"
     log = (workdir / "logs" / "train" / "tiny" / "tiny.log").read_text()
     first, failed = log.split("=== train attempt ")[1:]  # appended: one dated section per attempt
@@ -220,8 +264,10 @@ def test_float_written_as_string_is_an_error_naming_the_key(tmp_path):
     files = overlay(tmp_path / "lr.yaml", "train:\n  learning_rate: 1e-4\n")  # YAML reads a string
     result = smk(tmp_path, "-n", configfiles=files)
     assert result.returncode != 0
-    assert ("train.learning_rate: '1e-4' is not of type 'number' (write floats with a dot, 1.0e-4: "
-            "YAML reads 1e-4 as a string)") in result.stdout + result.stderr
+    assert (
+        "train.learning_rate: '1e-4' is not of type 'number' (write floats with a dot, 1.0e-4: "
+        "YAML reads 1e-4 as a string)"
+    ) in result.stdout + result.stderr
 
 
 def test_another_source_merges_cleanly_over_the_default(tmp_path):
@@ -257,8 +303,22 @@ def test_invalid_yaml_is_one_line_naming_file_and_line(tmp_path):
     lines = default.read_text().splitlines()
     default.write_text("\n".join(lines) + "\ntrain:\n  max_steps: 100\n   lr: [1\n")
     (tmp_path / "work").mkdir()  # (else Snakemake says that it creates it)
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(copy / "Snakefile"), *ISOLATED,
-                             "--directory", str(tmp_path / "work"), "-n"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(copy / "Snakefile"),
+            *ISOLATED,
+            "--directory",
+            str(tmp_path / "work"),
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode != 0
     out = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(out) == 1, out
@@ -287,9 +347,27 @@ CONVERSION_ONWARD = {"convert_shard": 2, "convert_gather": 1, "stats": 1, "verif
 
 
 def make_hdf5(path: Path, seed: int) -> Path:
-    subprocess.run([sys.executable, "-m", "posttrain.cli", "synth", str(path), "--episodes", "4", "--min-frames",
-                    "24", "--max-frames", "32", "--image-size", "32", "--seed", str(seed)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "posttrain.cli",
+            "synth",
+            str(path),
+            "--episodes",
+            "4",
+            "--min-frames",
+            "24",
+            "--max-frames",
+            "32",
+            "--image-size",
+            "32",
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -300,8 +378,10 @@ def hdf5_run(tmp_path_factory) -> tuple[Path, list[Path], Path]:
     workdir = tmp_path_factory.mktemp("hdf5_source")
     source = make_hdf5(workdir / "demos.hdf5", seed=1)
     shutil.copytree(CHECKOUT / "config" / "embodiments" / "gr1", workdir / "robots" / "gr1")
-    files = overlay(workdir / "source.yaml", f"dataset: {{source: {{kind: hdf5, path: {source}}}}}\n"
-                                             "convert: {embodiment: robots/gr1}\n")
+    files = overlay(
+        workdir / "source.yaml",
+        f"dataset: {{source: {{kind: hdf5, path: {source}}}}}\nconvert: {{embodiment: robots/gr1}}\n",
+    )
     result = smk(workdir, "-c2", VERIFIED, configfiles=files)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert planned(smk(workdir, "-n", VERIFIED, configfiles=files)) == {}

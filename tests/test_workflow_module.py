@@ -84,10 +84,30 @@ def test_merge_is_deep_and_later_layers_win():
 def test_command_line_values_are_typed_by_the_schema():
     """Snakemake reads `--config train='{max_steps: 100}'` nested values as strings."""
     typed = workflow.typed_cli_values(
-        {"train": {"max_steps": "100", "learning_rate": "1.0e-4", "warmup_ratio": "0", "use_wandb": "true",
-                   "run_name": "1", "color_jitter_params": {"hue": ".1"}}, "hardware": "gpu1"}, SCHEMA)
-    assert typed == {"train": {"max_steps": 100, "learning_rate": 1.0e-4, "warmup_ratio": 0, "use_wandb": True,
-                               "run_name": "1", "color_jitter_params": {"hue": 0.1}}, "hardware": "gpu1"}
+        {
+            "train": {
+                "max_steps": "100",
+                "learning_rate": "1.0e-4",
+                "warmup_ratio": "0",
+                "use_wandb": "true",
+                "run_name": "1",
+                "color_jitter_params": {"hue": ".1"},
+            },
+            "hardware": "gpu1",
+        },
+        SCHEMA,
+    )
+    assert typed == {
+        "train": {
+            "max_steps": 100,
+            "learning_rate": 1.0e-4,
+            "warmup_ratio": 0,
+            "use_wandb": True,
+            "run_name": "1",
+            "color_jitter_params": {"hue": 0.1},
+        },
+        "hardware": "gpu1",
+    }
     assert workflow.typed_cli_values({"train": {"max_steps": "1e3"}}, SCHEMA) == {"train": {"max_steps": "1e3"}}
 
 
@@ -113,11 +133,12 @@ def test_invalid_yaml_is_one_line_naming_file_line_and_problem(tmp_path):
 
 
 def test_float_hint_only_where_a_number_is_wanted():
-    assert workflow.config_error({"dataset": {"name": "x", "source": {"kind": "synth"}},
-                                  "train": {"learning_rate": "1e-4"}}, SCHEMA).endswith(
-        "(write floats with a dot, 1.0e-4: YAML reads 1e-4 as a string)")
-    problem = workflow.config_error({"dataset": {"name": "x", "source": {"kind": "synth"}},
-                                     "train": {"save_steps": "100"}}, SCHEMA)
+    assert workflow.config_error(
+        {"dataset": {"name": "x", "source": {"kind": "synth"}}, "train": {"learning_rate": "1e-4"}}, SCHEMA
+    ).endswith("(write floats with a dot, 1.0e-4: YAML reads 1e-4 as a string)")
+    problem = workflow.config_error(
+        {"dataset": {"name": "x", "source": {"kind": "synth"}}, "train": {"save_steps": "100"}}, SCHEMA
+    )
     assert problem == "train.save_steps: '100' is not of type 'integer'"
 
 
@@ -188,8 +209,70 @@ def test_verdict_line(tmp_path):
 
 
 def test_command_line_null_where_the_schema_allows_it():
-    schema = {"properties": {"train": {"properties": {"max_steps": {"type": ["integer", "null"]},
-                                                     "run_name": {"type": "string"}}}}}
+    schema = {
+        "properties": {
+            "train": {"properties": {"max_steps": {"type": ["integer", "null"]}, "run_name": {"type": "string"}}}
+        }
+    }
     typed = workflow.typed_cli_values({"train": {"max_steps": "null", "run_name": "null"}}, schema)
     assert typed == {"train": {"max_steps": None, "run_name": "null"}}
     assert workflow.typed_cli_values({"train": {"max_steps": "100"}}, schema) == {"train": {"max_steps": 100}}
+
+
+# --- several sources and the rules' flags ------------------------------------------------------------
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+TWO = {
+    "left": {"kind": "synth", "language_instruction": "Use the left hand.", "synth": {"task": "reach_left"}},
+    "bottle": {"kind": "hdf5", "path": "/data/bottle.hdf5", "language_instruction": "Bottle.", "task_index": 4},
+}
+
+
+def with_sources(sources: dict, **dataset) -> dict:
+    return {**CONFIG, "dataset": {"name": "mix", "sources": sources, **dataset}}
+
+
+def test_sources_errors_are_one_line():
+    synth_schema = SCHEMA["properties"]["synth"]
+    default = CONFIG["dataset"]["source"]
+    assert workflow.sources_error(CONFIG, default, synth_schema) is None  # one source: nothing to check
+    assert workflow.sources_error(with_sources(TWO, source=default), default, synth_schema) is None
+    assert "dataset.source and dataset.sources are both set" in workflow.sources_error(
+        with_sources(TWO, source={"kind": "hdf5", "path": "x.hdf5"}), default, synth_schema
+    )
+    assert (
+        workflow.sources_error(with_sources({1: TWO["left"]}), default, synth_schema)
+        == "dataset.sources: source name 1 is not a string; quote it"
+    )
+    bad = {"left": {**TWO["left"], "synth": {"task": "reach_up"}}}
+    assert "dataset.sources.left.synth.task" in workflow.sources_error(with_sources(bad), default, synth_schema)
+
+
+def test_a_sources_flags_take_its_overrides_and_leave_its_task_to_the_gather():
+    cfg = with_sources(TWO)
+    assert "--task reach_left" in workflow.source_synth_flags(cfg, "left")
+    assert "--task reach_right" in workflow.source_synth_flags(cfg, None)
+    flags = workflow.source_convert_flags(cfg, "bottle")
+    assert flags.endswith("--source bottle") and "--language-instruction" not in flags and "--task-index" not in flags
+    assert "--language-instruction" in workflow.source_convert_flags(CONFIG, None)
+    assert workflow.gather_flags(TWO) == (
+        "--source-instruction 'left=Use the left hand.' "
+        "--source-instruction bottle=Bottle. --source-task-index bottle=4"
+    )
+
+
+def test_hub_and_upload_flags():
+    spec = {"kind": "hub", "repo_id": "nvidia/x", "revision": "v1", "format": "hdf5", "path": "a.hdf5"}
+    assert (
+        workflow.hub_source_flags(spec, "dataset.source")
+        == "--repo-id nvidia/x --repo-type dataset --format hdf5 --revision v1 --path a.hdf5"
+    )
+    with pytest.raises(PosttrainError, match=r"dataset.sources.b.include: needed"):
+        workflow.hub_source_flags({"repo_id": "nvidia/x", "format": "lerobot"}, "dataset.sources.b")
+    assert (
+        workflow.upload_flags({"dataset_repo": "me/ds", "private": True, "dry_run": True}, "dataset_repo")
+        == "--repo-id me/ds --private --dry-run"
+    )
+
+
+def test_policy_image_size_without_importing_torch():
+    assert workflow.policy_image_size("tiny") == 64 and workflow.policy_image_size("base") == 224

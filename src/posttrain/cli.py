@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -30,8 +31,15 @@ STAGES = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line like every other error (`error: --epochs: must be > 0, got 0.0`)."""
+
+    def error(self, message: str):
+        raise PosttrainError(message.removeprefix("argument "))
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.splitlines()[0])
+    parser = Parser(prog="posttrain", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     modules = {}
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -73,9 +81,11 @@ def environment_error(err: OSError) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, modules = build_parser(argv)
-    args = parser.parse_args(argv)
+    # One log format for every stage, on stderr (rules send it to logs/<stage>/...).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        parser, modules = build_parser(argv)
+        args = parser.parse_args(argv)
         result = modules[args.stage].run(args)
     except PosttrainError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,6 +7,10 @@ Three modes, so that a workflow can spread the encoding over jobs:
                                                    episodes K, K+N, K+2N, ... plus shard.json, no meta/
     gather   --input H --output DATASET --gather SHARD [SHARD ...]
                                                    hardlinks the shards' files and writes meta/
+    gather   --output DATASET --gather SHARD [SHARD ...]      (no --input: several sources)
+                                                   one dataset from the shards of several HDF5
+                                                   files, each shard made with --source NAME
+                                                   (posttrain.sources)
 
 `--config ARENA_YAML` reads IsaacLab-Arena's converter YAML unchanged (see `arena_settings`).
 
@@ -60,6 +64,7 @@ from posttrain.embodiment import DESCRIPTION_YAML, EMBODIMENTS_DIR, Embodiment, 
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, check_output, write_json_atomic, write_text_atomic
 from posttrain.mimic import MimicFile
+from posttrain.settings import ConvertSettings, add_options, defaults
 from posttrain.video import VideoSettings, VideoWriter, check_video_settings, probe
 
 log = logging.getLogger("posttrain.convert")
@@ -67,26 +72,16 @@ log = logging.getLogger("posttrain.convert")
 FRAME_BATCH = 32  # frames per HDF5 read: ~25 MB at 512², the only frames a worker holds
 SHARD_FILE = "shard.json"
 DEFAULT_CAMERAS = {"robot_pov_cam_rgb": "observation.images.ego_view"}
-DEFAULTS = {  # the values of config/config.yaml `convert:`; CLI flags and the Arena YAML override them
-    "embodiment": "gr1",
-    "language_instruction": "Reach for the red target with the right hand.",
-    "task_index": 0,
-    "fps": 50,
-    "drop_frame": "first",
-    "state_key": "obs/robot_joint_pos",
-    "action_key": "processed_actions",
-    "chunks_size": 1000,
-    "crf": 18,
-    "gop": 50,
-    "preset": "veryfast",
-    "failed_demos": "skip",
-}
+# ConvertSettings' defaults (config/config.yaml `convert:`), the video block flattened as the flags are
+# (crf, gop, preset); the Arena YAML and then the command-line flags override them.
+DEFAULTS = {**defaults(ConvertSettings), **defaults(ConvertSettings)["video"]}
 FAILED_DEMOS = ("skip", "include", "error")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything that decides the output bytes (plus where to read and how many workers)."""
+
     input: Path
     language_instruction: str
     task_index: int
@@ -94,53 +89,74 @@ class Settings:
     drop_frame: str
     state_key: str
     action_key: str
-    cameras: dict[str, str] | None     # camera_obs/<name> -> video key (None: the embodiment's default)
+    cameras: dict[str, str] | None  # camera_obs/<name> -> video key (None: the embodiment's default)
     chunks_size: int
     video: VideoSettings
     annotation_key: str | None = None  # None: the one the embodiment's modality.json names
-    robot_type: str | None = None      # None: the embodiment's robot_type (else its name)
+    robot_type: str | None = None  # None: the embodiment's robot_type (else its name)
     image_size: tuple[int, int, int] | None = None  # Arena `original_image_size`: (H, W, C) every camera must have
-    failed_demos: str = "skip"         # demos with attr success=False: skip, include or error
+    failed_demos: str = "skip"  # demos with attr success=False: skip, include or error
     workers: int = 1
     arena_names: dict[str, str] = field(default_factory=dict)  # Arena YAML *_name_sim key -> HDF5 dataset name
-    config: Path | None = None         # the Arena YAML, named in errors about it
+    config: Path | None = None  # the Arena YAML, named in errors about it
 
     def with_embodiment(self, embodiment: Embodiment) -> Settings:
         """Settings left unset take the embodiment's values: cameras, annotation column, robot_type."""
-        return replace(self, cameras=self.cameras or dict(embodiment.cameras or DEFAULT_CAMERAS),
-                       annotation_key=self.annotation_key or embodiment.annotation_key or lerobot.DEFAULT_ANNOTATION,
-                       robot_type=self.robot_type or embodiment.robot_type or embodiment.name)
+        return replace(
+            self,
+            cameras=self.cameras or dict(embodiment.cameras or DEFAULT_CAMERAS),
+            annotation_key=self.annotation_key or embodiment.annotation_key or lerobot.DEFAULT_ANNOTATION,
+            robot_type=self.robot_type or embodiment.robot_type or embodiment.name,
+        )
 
     def source_fields(self, embodiment: Embodiment) -> dict:
         """The conversion settings recorded in meta/source.json (and compared between shards)."""
         return {
-            "hdf5": self.input.name, "embodiment": embodiment.name, "drop_frame": self.drop_frame,
-            "state_key": self.state_key, "action_key": self.action_key, "cameras": dict(self.cameras),
-            "fps": self.fps, "language_instruction": self.language_instruction, "task_index": self.task_index,
+            "hdf5": self.input.name,
+            "embodiment": embodiment.name,
+            "drop_frame": self.drop_frame,
+            "state_key": self.state_key,
+            "action_key": self.action_key,
+            "cameras": dict(self.cameras),
+            "fps": self.fps,
+            "language_instruction": self.language_instruction,
+            "task_index": self.task_index,
             "failed_demos": self.failed_demos,
             # the embodiment's extra columns and the HDF5 datasets they read (none for GR1)
-            **({"columns": {c.name: [p.key for p in c.parts] for c in embodiment.columns}}
-               if embodiment.columns else {}),
+            **(
+                {"columns": {c.name: [p.key for p in c.parts] for c in embodiment.columns}}
+                if embodiment.columns
+                else {}
+            ),
         }
 
     def output_fields(self) -> dict:
         """Settings outside source.json that still change the output (compared between shards)."""
-        return {"chunks_size": self.chunks_size, "annotation_key": self.annotation_key,
-                "robot_type": self.robot_type, "video": asdict(replace(self.video, threads=1))}
+        return {
+            "chunks_size": self.chunks_size,
+            "annotation_key": self.annotation_key,
+            "robot_type": self.robot_type,
+            "video": asdict(replace(self.video, threads=1)),
+        }
 
 
 @dataclass(frozen=True)
 class Episode:
     """One demo's place in the dataset; all of it is known from HDF5 shapes before encoding."""
+
     episode_index: int
     demo: str
     source_frames: int
-    length: int        # parquet rows = video frames = source_frames - 1
-    first_index: int   # global `index` of its first row
+    length: int  # parquet rows = video frames = source_frames - 1
+    first_index: int  # global `index` of its first row
 
     def entry(self) -> dict:
-        return {"episode_index": self.episode_index, "demo": self.demo,
-                "source_frames": self.source_frames, "length": self.length}
+        return {
+            "episode_index": self.episode_index,
+            "demo": self.demo,
+            "source_frames": self.source_frames,
+            "length": self.length,
+        }
 
 
 @dataclass(frozen=True)
@@ -161,6 +177,7 @@ class Plan:
 
 # --- command line ---------------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Defaults are None so that a flag given on the command line is known to override the YAML.
     parser.add_argument("--input", type=Path, help="Isaac Lab Mimic HDF5 file")
@@ -168,32 +185,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="IsaacLab-Arena converter YAML (Gr00tDatasetConfig), unchanged")
     parser.add_argument("--shard", type=int, help="convert only episodes K, K+N, ... into a shard directory")
     parser.add_argument("--num-shards", type=int, help="N, with --shard")
-    parser.add_argument("--gather", type=Path, nargs="+", metavar="SHARD_DIR",
-                        help="combine shard directories into the dataset and write meta/")
-    parser.add_argument("--embodiment", help=f"embodiment name or directory (default {DEFAULTS['embodiment']})")
-    parser.add_argument("--language-instruction")
-    parser.add_argument("--task-index", type=int)
-    parser.add_argument("--fps", type=int)
-    parser.add_argument("--drop-frame", choices=["first", "last"],
-                        help="first (default): video frames[1:], drops the stale first render; last: as Arena")
-    parser.add_argument("--state-key", help="dataset inside each demo group (default obs/robot_joint_pos)")
-    parser.add_argument("--action-key", help="dataset inside each demo group (default processed_actions)")
-    parser.add_argument("--camera", action="append", metavar="NAME=VIDEO_KEY",
-                        help="camera_obs/NAME -> video key (repeatable; default: the embodiment's, gr1 "
-                             "robot_pov_cam_rgb=observation.images.ego_view, g1 robot_head_cam_rgb=...)")
-    parser.add_argument("--chunks-size", type=int)
-    parser.add_argument("--crf", type=int)
-    parser.add_argument("--gop", type=int)
-    parser.add_argument("--preset", help="libx264 preset (ultrafast ... placebo; default veryfast)")
-    parser.add_argument("--failed-demos", choices=FAILED_DEMOS,
-                        help="demos with attr success=False: skip (default; listed in meta/source.json), "
-                             "include, or error")
+    parser.add_argument(
+        "--gather",
+        type=Path,
+        nargs="+",
+        metavar="SHARD_DIR",
+        help="combine shard directories into the dataset and write meta/",
+    )
+    # The conversion settings (posttrain.settings), without defaults here: a flag given on the command line
+    # is then known to override the Arena YAML (resolve_settings).
+    add_options(parser, ConvertSettings, with_defaults=False)
     parser.add_argument("--workers", type=int, help="encoder processes (default: all cores)")
+    # several sources (posttrain.sources): a shard names its source, a gather without --input combines them
+    parser.add_argument(
+        "--source",
+        metavar="NAME",
+        help="with --shard: the name of the source this HDF5 is, recorded in shard.json for a "
+        "gather of several sources (default: the HDF5 file's stem)",
+    )
+    parser.add_argument(
+        "--source-instruction",
+        action="append",
+        metavar="NAME=TEXT",
+        help="gather without --input: source NAME's language instruction, over the one its shards record (repeatable)",
+    )
+    parser.add_argument(
+        "--source-task-index",
+        action="append",
+        metavar="NAME=N",
+        help="gather without --input: source NAME's task index (default: sources with the same "
+        "instruction share a task, the others are numbered in order; repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.gather and args.input is None and args.config is None:
+        from posttrain import sources  # a dataset from the shards of several sources
+
+        sources.gather_sources(args)
+        return 0
+    if args.source_instruction or args.source_task_index:
+        raise PosttrainError(
+            "convert: --source-instruction and --source-task-index are for a gather of several "
+            "sources (--gather without --input)"
+        )
+    if args.source is not None and args.shard is None:
+        raise PosttrainError("convert: --source names the source of a shard: use it with --shard")
     settings, embodiment_spec, output = resolve_settings(args)
     if args.gather and args.shard is not None:
         raise PosttrainError("convert: --gather and --shard cannot be combined")
@@ -201,8 +238,11 @@ def run(args: argparse.Namespace) -> int:
         raise PosttrainError("convert: --output is required (or --config with data_root/hdf5_name)")
 
     sharded = args.shard is not None or args.num_shards is not None
-    check_output(output, "convert-shard" if sharded and not args.gather else "dataset",
-                 inputs=[settings.input, *(args.gather or [])])  # before any work; again when writing
+    check_output(
+        output,
+        "convert-shard" if sharded and not args.gather else "dataset",
+        inputs=[settings.input, *(args.gather or [])],
+    )  # before any work; again when writing
     plan = validate_input(settings, embodiment_spec)  # raises before any output exists
     if args.gather:
         gather(plan, args.gather, output)
@@ -210,26 +250,61 @@ def run(args: argparse.Namespace) -> int:
         shard, num_shards = args.shard, args.num_shards
         if shard is None or num_shards is None or num_shards < 1 or not 0 <= shard < num_shards:
             raise PosttrainError(f"convert: need 0 <= --shard < --num-shards, got {shard} and {num_shards}")
-        convert_shard(plan, shard, num_shards, output)
+        convert_shard(plan, shard, num_shards, output, shard_source(args, plan))
     else:
         convert_whole(plan, output)
     return 0
 
 
+def shard_source(args, plan: Plan) -> dict:
+    """A shard's source, for a gather of several sources: its name, file, task (None where not given:
+    the gather then names it) and its whole plan, so that the gather can check coverage without the HDF5."""
+    given = args.config is not None  # an Arena YAML always carries a task
+    return {
+        "name": args.source or plan.settings.input.stem,
+        "hdf5": str(plan.settings.input),
+        "language_instruction": plan.settings.language_instruction
+        if given or args.language_instruction is not None
+        else None,
+        "task_index": plan.settings.task_index if given or args.task_index is not None else None,
+        "episodes": [e.entry() for e in plan.episodes],
+        "skipped_demos": list(plan.skipped),
+    }
+
+
 def resolve_settings(args) -> tuple[Settings, str | Path | dict, Path | None]:
     """Defaults <- Arena YAML <- command-line flags. Returns settings, embodiment spec, output dir."""
-    values = dict(DEFAULTS, cameras=None, input=None, output=None, annotation_key=None, robot_type=None,
-                  image_size=None, arena_names={})
+    values = dict(
+        DEFAULTS,
+        cameras=None,
+        input=None,
+        output=None,
+        annotation_key=None,
+        robot_type=None,
+        image_size=None,
+        arena_names={},
+    )
     if args.config is not None:
         values.update(arena_settings(args.config))
-    flags = {"input": args.input, "output": args.output, "embodiment": args.embodiment,
-             "language_instruction": args.language_instruction, "task_index": args.task_index, "fps": args.fps,
-             "drop_frame": args.drop_frame, "state_key": args.state_key, "action_key": args.action_key,
-             "chunks_size": args.chunks_size, "crf": args.crf, "gop": args.gop, "preset": args.preset,
-             "failed_demos": args.failed_demos}
+    flags = {
+        "input": args.input,
+        "output": args.output,
+        "embodiment": args.embodiment,
+        "language_instruction": args.language_instruction,
+        "task_index": args.task_index,
+        "fps": args.fps,
+        "drop_frame": args.drop_frame,
+        "state_key": args.state_key,
+        "action_key": args.action_key,
+        "chunks_size": args.chunks_size,
+        "crf": args.crf,
+        "gop": args.gop,
+        "preset": args.preset,
+        "failed_demos": args.failed_demos,
+    }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if args.camera:
-        values["cameras"] = parse_cameras(args.camera)
+    if args.camera:  # a dict: `--camera NAME=VIDEO_KEY`, repeatable
+        values["cameras"] = args.camera
     if values["input"] is None:
         raise PosttrainError("convert: --input HDF5 is required (or --config ARENA_YAML)")
     for key in ("fps", "chunks_size"):
@@ -239,30 +314,29 @@ def resolve_settings(args) -> tuple[Settings, str | Path | dict, Path | None]:
     video = VideoSettings(crf=values["crf"], gop=values["gop"], preset=values["preset"], threads=1)
     check_video_settings(video, "convert: ")  # before any work: ffmpeg would only fail in the first worker
     settings = Settings(
-        input=Path(values["input"]), language_instruction=values["language_instruction"],
-        task_index=values["task_index"], fps=values["fps"], drop_frame=values["drop_frame"],
-        state_key=values["state_key"], action_key=values["action_key"], cameras=values["cameras"],
+        input=Path(values["input"]),
+        language_instruction=values["language_instruction"],
+        task_index=values["task_index"],
+        fps=values["fps"],
+        drop_frame=values["drop_frame"],
+        state_key=values["state_key"],
+        action_key=values["action_key"],
+        cameras=values["cameras"],
         chunks_size=values["chunks_size"],
-        video=video, annotation_key=values["annotation_key"], robot_type=values["robot_type"],
-        image_size=values["image_size"], failed_demos=values["failed_demos"], workers=max(1, workers),
-        arena_names=values["arena_names"], config=args.config)
+        video=video,
+        annotation_key=values["annotation_key"],
+        robot_type=values["robot_type"],
+        image_size=values["image_size"],
+        failed_demos=values["failed_demos"],
+        workers=max(1, workers),
+        arena_names=values["arena_names"],
+        config=args.config,
+    )
     output = values["output"]
     if output is None and args.config is not None:  # Arena's default: beside the HDF5
         output = settings.input.parent / settings.input.stem / "lerobot"
     output = Path(output) if output is not None else None
     return settings, values["embodiment"], output
-
-
-def parse_cameras(specs: list[str]) -> dict[str, str]:
-    cameras = {}
-    for spec in specs:
-        name, sep, key = spec.partition("=")
-        if not sep or not name or not key:
-            raise PosttrainError(f"convert: --camera expects NAME=VIDEO_KEY, got {spec!r}")
-        if name in cameras:
-            raise PosttrainError(f"convert: --camera {name} given twice")
-        cameras[name] = key
-    return cameras
 
 
 # --- Arena YAML -----------------------------------------------------------------------------
@@ -273,30 +347,70 @@ def parse_cameras(specs: list[str]) -> dict[str, str]:
 # itself does not use (action_eef_name_sim, valid_lerobot, info_fname, info_template_path:
 # our info.json is computed, not templated).
 ARENA_KEYS = {
-    "data_root", "hdf5_name", "hdf5_path", "output_dir", "language_instruction", "task_index",
-    "state_name_sim", "action_name_sim", "pov_cam_name_sim",
-    "left_eef_pos_name_sim", "left_eef_quat_name_sim", "right_eef_pos_name_sim", "right_eef_quat_name_sim",
-    "teleop_base_height_command_name_sim", "teleop_navigate_command_name_sim",
+    "data_root",
+    "hdf5_name",
+    "hdf5_path",
+    "output_dir",
+    "language_instruction",
+    "task_index",
+    "state_name_sim",
+    "action_name_sim",
+    "pov_cam_name_sim",
+    "left_eef_pos_name_sim",
+    "left_eef_quat_name_sim",
+    "right_eef_pos_name_sim",
+    "right_eef_quat_name_sim",
+    "teleop_base_height_command_name_sim",
+    "teleop_navigate_command_name_sim",
     "teleop_torso_orientation_rpy_command_name_sim",
-    "state_name_lerobot", "action_name_lerobot", "video_name_lerobot", "task_description_lerobot",
-    "action_eef_name_sim", "valid_lerobot", "chunks_size", "fps", "data_path", "video_path",
-    "modality_template_path", "info_template_path", "modality_fname", "episodes_fname", "tasks_fname",
-    "info_fname", "policy_joints_config_path", "robot_type", "action_joints_config_path",
-    "state_joints_config_path", "original_image_size", "target_image_size",
+    "state_name_lerobot",
+    "action_name_lerobot",
+    "video_name_lerobot",
+    "task_description_lerobot",
+    "action_eef_name_sim",
+    "valid_lerobot",
+    "chunks_size",
+    "fps",
+    "data_path",
+    "video_path",
+    "modality_template_path",
+    "info_template_path",
+    "modality_fname",
+    "episodes_fname",
+    "tasks_fname",
+    "info_fname",
+    "policy_joints_config_path",
+    "robot_type",
+    "action_joints_config_path",
+    "state_joints_config_path",
+    "original_image_size",
+    "target_image_size",
 }
 ARENA_FIXED = {  # key -> the only value we write (our output layout is fixed by lerobot.py)
-    "state_name_lerobot": lerobot.STATE, "action_name_lerobot": lerobot.ACTION,
-    "data_path": lerobot.DATA_PATH, "video_path": lerobot.VIDEO_PATH, "modality_fname": "modality.json",
-    "episodes_fname": "episodes.jsonl", "tasks_fname": "tasks.jsonl",
+    "state_name_lerobot": lerobot.STATE,
+    "action_name_lerobot": lerobot.ACTION,
+    "data_path": lerobot.DATA_PATH,
+    "video_path": lerobot.VIDEO_PATH,
+    "modality_fname": "modality.json",
+    "episodes_fname": "episodes.jsonl",
+    "tasks_fname": "tasks.jsonl",
 }
 # The G1 keys name HDF5 datasets of an embodiment's extra columns (config/embodiments/g1/embodiment.yaml,
 # `arena:`); a key no column reads is an error (Embodiment.with_arena_names).
-ARENA_G1_KEYS = ("left_eef_pos_name_sim", "left_eef_quat_name_sim", "right_eef_pos_name_sim",
-                 "right_eef_quat_name_sim", "teleop_base_height_command_name_sim",
-                 "teleop_navigate_command_name_sim", "teleop_torso_orientation_rpy_command_name_sim")
+ARENA_G1_KEYS = (
+    "left_eef_pos_name_sim",
+    "left_eef_quat_name_sim",
+    "right_eef_pos_name_sim",
+    "right_eef_quat_name_sim",
+    "teleop_base_height_command_name_sim",
+    "teleop_navigate_command_name_sim",
+    "teleop_torso_orientation_rpy_command_name_sim",
+)
 ARENA_EMBODIMENT_FILES = {  # YAML key -> argument of Embodiment.from_files
-    "state_joints_config_path": "state_yaml", "action_joints_config_path": "action_yaml",
-    "policy_joints_config_path": "policy_yaml", "modality_template_path": "modality_json",
+    "state_joints_config_path": "state_yaml",
+    "action_joints_config_path": "action_yaml",
+    "policy_joints_config_path": "policy_yaml",
+    "modality_template_path": "modality_json",
 }
 
 
@@ -344,20 +458,27 @@ def arena_settings(path: Path) -> dict:
         values["annotation_key"] = str(doc["task_description_lerobot"])
     values["state_key"] = "obs/" + str(doc.get("state_name_sim", "robot_joint_pos"))
     values["action_key"] = str(doc.get("action_name_sim", "processed_actions"))
-    values["cameras"] = {str(doc.get("pov_cam_name_sim", "robot_head_cam")):
-                         str(doc.get("video_name_lerobot", "observation.images.ego_view"))}
+    values["cameras"] = {
+        str(doc.get("pov_cam_name_sim", "robot_head_cam")): str(
+            doc.get("video_name_lerobot", "observation.images.ego_view")
+        )
+    }
 
     original = _image_size(path, doc, "original_image_size")
     target = _image_size(path, doc, "target_image_size")
     if target != original:
-        raise PosttrainError(f"{path}: target_image_size {list(target)} != original_image_size {list(original)}: "
-                             "resizing is not supported (videos keep the camera resolution)")
+        raise PosttrainError(
+            f"{path}: target_image_size {list(target)} != original_image_size {list(original)}: "
+            "resizing is not supported (videos keep the camera resolution)"
+        )
     values["image_size"] = original
 
     files = {}
     for key, argument in ARENA_EMBODIMENT_FILES.items():
         if doc.get(key) is None:
-            raise PosttrainError(f"{path}: {key} is required (Arena's default points to a folder that no longer exists)")
+            raise PosttrainError(
+                f"{path}: {key} is required (Arena's default points to a folder that no longer exists)"
+            )
         files[argument] = resolve_embodiment_file(path, base, key, doc[key])
     files["description_yaml"] = description_beside(files["policy_yaml"])
     values["embodiment"] = files
@@ -418,26 +539,36 @@ def load_embodiment_spec(spec) -> Embodiment:
 
 # --- validation and plan --------------------------------------------------------------------
 
+
 def validate_input(settings: Settings, embodiment_spec) -> Plan:
     """Check the whole HDF5 and compute every episode's length and global offset, writing nothing."""
     embodiment = load_embodiment_spec(embodiment_spec).with_arena_names(
-        settings.arena_names, str(settings.config or "convert"))
+        settings.arena_names, str(settings.config or "convert")
+    )
     settings = settings.with_embodiment(embodiment)
     name = settings.input.name
     if settings.drop_frame not in ("first", "last"):
         raise PosttrainError(f"convert: --drop-frame must be first or last, got {settings.drop_frame!r}")
     short_keys = [key.rsplit(".", 1)[-1] for key in settings.cameras.values()]
     if len(set(short_keys)) != len(short_keys) or len(set(settings.cameras.values())) != len(short_keys):
-        raise PosttrainError(f"convert: video keys must differ in their last part, got {list(settings.cameras.values())}")
+        raise PosttrainError(
+            f"convert: video keys must differ in their last part, got {list(settings.cameras.values())}"
+        )
     if not settings.cameras:
         raise PosttrainError("convert: at least one camera is needed")
 
     plan = Plan(settings, embodiment)
     with MimicFile(settings.input) as mimic:
         demos, plan.skipped = select_demos(mimic, settings.failed_demos)
-        lengths = mimic.check(settings.state_key, settings.action_key, list(settings.cameras),
-                              embodiment.sim_state_dims, embodiment.sim_action_dims, demos=demos,  # numeric order
-                              extra={p.key: p.width for c in embodiment.columns for p in c.parts})
+        lengths = mimic.check(
+            settings.state_key,
+            settings.action_key,
+            list(settings.cameras),
+            embodiment.sim_state_dims,
+            embodiment.sim_action_dims,
+            demos=demos,  # numeric order
+            extra={p.key: p.width for c in embodiment.columns for p in c.parts},
+        )
         if not lengths:
             raise PosttrainError(f"{name}: data: no demos")
         offset = 0
@@ -450,8 +581,10 @@ def validate_input(settings: Settings, embodiment_spec) -> Plan:
                 check_camera_shape(name, demo, camera, shape, settings)
                 first = frame_shapes.setdefault(camera, shape)
                 if shape != first:  # one video feature per camera: every episode must match it
-                    raise PosttrainError(f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} "
-                                         f"differs from {list(first)} in data/{next(iter(lengths))}")
+                    raise PosttrainError(
+                        f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} "
+                        f"differs from {list(first)} in data/{next(iter(lengths))}"
+                    )
             plan.episodes.append(Episode(index, demo, frames, frames - 1, offset))
             offset += frames - 1
     log.info("%s: %d demos, %d frames, %d camera(s)", name, len(plan.episodes), offset, len(settings.cameras))
@@ -468,25 +601,37 @@ def select_demos(mimic: MimicFile, policy: str) -> tuple[list[str], list[str]]:
         return demos, []
     listed = ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
     if policy == "error":
-        raise PosttrainError(f"{mimic.name}: data/{failed[0]}: attr success=False ({len(failed)} failed demo(s): "
-                             f"{listed}); convert.failed_demos (--failed-demos) skip leaves them out, include "
-                             "converts them")
+        raise PosttrainError(
+            f"{mimic.name}: data/{failed[0]}: attr success=False ({len(failed)} failed demo(s): "
+            f"{listed}); convert.failed_demos (--failed-demos) skip leaves them out, include "
+            "converts them"
+        )
     if len(failed) == len(demos):
-        raise PosttrainError(f"{mimic.name}: data: all {len(demos)} demos have success=False, nothing to convert "
-                             "(convert.failed_demos: include, or --failed-demos include, converts them anyway)")
-    log.warning("%s: skipping %d failed demo(s) (attr success=False): %s (convert.failed_demos: skip; "
-                "listed in meta/source.json)", mimic.name, len(failed), listed)
+        raise PosttrainError(
+            f"{mimic.name}: data: all {len(demos)} demos have success=False, nothing to convert "
+            "(convert.failed_demos: include, or --failed-demos include, converts them anyway)"
+        )
+    log.warning(
+        "%s: skipping %d failed demo(s) (attr success=False): %s (convert.failed_demos: skip; "
+        "listed in meta/source.json)",
+        mimic.name,
+        len(failed),
+        listed,
+    )
     return [demo for demo in demos if demo not in failed], failed
 
 
 def check_camera_shape(name: str, demo: str, camera: str, shape: tuple, settings: Settings) -> None:
     """`shape` is (H, W, 3); MimicFile.check has already required even sizes and uint8."""
     if settings.image_size is not None and shape != tuple(settings.image_size):
-        raise PosttrainError(f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} != "
-                             f"original_image_size {list(settings.image_size)}")
+        raise PosttrainError(
+            f"{name}: data/{demo}/camera_obs/{camera}: frame shape {list(shape)} != "
+            f"original_image_size {list(settings.image_size)}"
+        )
 
 
 # --- conversion -----------------------------------------------------------------------------
+
 
 def convert_whole(plan: Plan, output: Path) -> None:
     with atomic_directory(output, "dataset", inputs=[plan.settings.input]) as root:
@@ -497,17 +642,23 @@ def convert_whole(plan: Plan, output: Path) -> None:
     log.info("wrote %s (%d episodes)", output, len(plan.episodes))
 
 
-def convert_shard(plan: Plan, shard: int, num_shards: int, output: Path) -> None:
+def convert_shard(plan: Plan, shard: int, num_shards: int, output: Path, source: dict) -> None:
     episodes = plan.episodes[shard::num_shards]
     with atomic_directory(output, "convert-shard", inputs=[plan.settings.input]) as root:
         results: dict[int, dict] = {}
         with disk_full_report(episodes, results, root, output):
             encode_episodes(plan, episodes, root, results)
-        write_json_atomic(root / SHARD_FILE, {
-            "shard": shard, "num_shards": num_shards,
-            "settings": dict(plan.settings.source_fields(plan.embodiment), **plan.settings.output_fields()),
-            "episodes": [dict(e.entry(), features=results[e.episode_index]) for e in episodes],
-        })
+        write_json_atomic(
+            root / SHARD_FILE,
+            {
+                "shard": shard,
+                "num_shards": num_shards,
+                "settings": dict(plan.settings.source_fields(plan.embodiment), **plan.settings.output_fields()),
+                "source": source,
+                "modality": dataset_modality(plan.settings, plan.embodiment),
+                "episodes": [dict(e.entry(), features=results[e.episode_index]) for e in episodes],
+            },
+        )
     log.info("wrote shard %d/%d to %s (%d episodes)", shard, num_shards, output, len(episodes))
 
 
@@ -524,8 +675,9 @@ def encode_episodes(plan: Plan, episodes: list[Episode], root: Path, results: di
         # fork: workers start at once, without re-importing numpy/h5py/pyarrow (no HDF5 file is open here)
         context = multiprocessing.get_context("fork")
         running = context.Array("i", max(e.episode_index for e in episodes) + 1, lock=False)  # episode -> pid
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=(running, os.getpid())) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(running, os.getpid())
+        ) as pool:
             # longest first, so no long episode starts last while the other workers sit idle
             by_length = sorted(jobs, key=lambda job: -job.episode.length)
             futures = {pool.submit(_convert_in_worker, job): job for job in by_length}
@@ -578,8 +730,9 @@ def worker_died(processes: dict, running, jobs: list[EpisodeJob], results: dict)
     `processes` (pid -> Process) tells the killed worker from those the executor stopped with
     SIGTERM afterwards; without it every unfinished episode is named."""
     codes = {pid: process.exitcode for pid, process in processes.items()}
-    unfinished = [j.episode for j in jobs if running[j.episode.episode_index]
-                  and j.episode.episode_index not in results]
+    unfinished = [
+        j.episode for j in jobs if running[j.episode.episode_index] and j.episode.episode_index not in results
+    ]
     dead = [e for e in unfinished if codes.get(running[e.episode_index]) not in (None, -signal.SIGTERM)]
     named = dead or unfinished
     code = codes.get(running[named[0].episode_index]) if named else None
@@ -588,8 +741,10 @@ def worker_died(processes: dict, running, jobs: list[EpisodeJob], results: dict)
     else:
         how = f"exit code {code}" if code is not None else "it vanished"
     what = " and ".join(f"episode {e.episode_index} ({e.demo})" for e in named) or "an episode"
-    return PosttrainError(f"convert: an encoder worker died ({how}) while converting {what}: memory may be short "
-                          "(the kernel's OOM killer sends SIGKILL); rerun with fewer --workers or more memory")
+    return PosttrainError(
+        f"convert: an encoder worker died ({how}) while converting {what}: memory may be short "
+        "(the kernel's OOM killer sends SIGKILL); rerun with fewer --workers or more memory"
+    )
 
 
 # --- disk space -----------------------------------------------------------------------------
@@ -622,17 +777,21 @@ def disk_full_report(episodes: list[Episode], results: dict, root: Path, output:
             raise
         written, total = _size(root), sum(e.length for e in episodes)
         done = sum(e.length for e in episodes if e.episode_index in results)
-        need = (f"about {_human(written * total / done)}" if done else f"more than {_human(written)}")
-        raise PosttrainError(f"{output}: no space left on the device: {_human(free)} was free there, the "
-                             f"output needs {need} ({len(results)} of {len(episodes)} episodes written); "
-                             "free some space or choose another --output") from None
+        need = f"about {_human(written * total / done)}" if done else f"more than {_human(written)}"
+        raise PosttrainError(
+            f"{output}: no space left on the device: {_human(free)} was free there, the "
+            f"output needs {need} ({len(results)} of {len(episodes)} episodes written); "
+            "free some space or choose another --output"
+        ) from None
 
 
 def episode_relpaths(settings: Settings, episode_index: int) -> tuple[str, dict[str, str]]:
     chunk = episode_index // settings.chunks_size
     data = lerobot.DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
-    videos = {key: lerobot.VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index)
-              for key in settings.cameras.values()}
+    videos = {
+        key: lerobot.VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index)
+        for key in settings.cameras.values()
+    }
     return data, videos
 
 
@@ -649,9 +808,15 @@ def convert_episode(job: EpisodeJob) -> dict:
     with MimicFile(settings.input) as mimic:
         state, action = mimic.read_state_action(episode.demo, settings.state_key, settings.action_key)
         table = lerobot.episode_columns(
-            embodiment.remap_state(state[:-1]), embodiment.remap_action(action[:-1]), episode.episode_index,
-            episode.first_index, settings.fps, settings.task_index, settings.annotation_key,
-            extra=read_extra_columns(mimic, episode.demo, embodiment))
+            embodiment.remap_state(state[:-1]),
+            embodiment.remap_action(action[:-1]),
+            episode.episode_index,
+            episode.first_index,
+            settings.fps,
+            settings.task_index,
+            settings.annotation_key,
+            extra=read_extra_columns(mimic, episode.demo, embodiment),
+        )
         if table.num_rows != episode.length:
             raise PosttrainError(f"{where}: {table.num_rows} rows, expected {episode.length}")
         lerobot.write_table(job.root / data_path, table)
@@ -664,8 +829,10 @@ def convert_episode(job: EpisodeJob) -> dict:
                     writer.write(frames)
             info = probe(path, count_frames=True)
             if info.num_frames != episode.length:
-                raise PosttrainError(f"{where}/camera_obs/{camera}: {video_paths[key]} has {info.num_frames} "
-                                     f"frames, expected {episode.length} (one per parquet row)")
+                raise PosttrainError(
+                    f"{where}/camera_obs/{camera}: {video_paths[key]} has {info.num_frames} "
+                    f"frames, expected {episode.length} (one per parquet row)"
+                )
             features[key] = lerobot.video_feature(info.height, info.width, info.fps, info.codec, info.pix_fmt)
     names = {lerobot.STATE: list(embodiment.joint_names), lerobot.ACTION: list(embodiment.joint_names)}
     features.update(lerobot.tabular_features(table, names))
@@ -674,12 +841,16 @@ def convert_episode(job: EpisodeJob) -> dict:
 
 def read_extra_columns(mimic: MimicFile, demo: str, embodiment: Embodiment) -> dict:
     """The embodiment's extra columns of one demo: parts concatenated, rows [:-1] as for state and action."""
-    return {column.name: np.concatenate([mimic.read_matrix(demo, part.key, part.width)[:-1] for part in column.parts],
-                                        axis=1).astype(column.dtype)
-            for column in embodiment.columns}
+    return {
+        column.name: np.concatenate(
+            [mimic.read_matrix(demo, part.key, part.width)[:-1] for part in column.parts], axis=1
+        ).astype(column.dtype)
+        for column in embodiment.columns
+    }
 
 
 # --- gather and meta/ -----------------------------------------------------------------------
+
 
 def gather(plan: Plan, shard_dirs: list[Path], output: Path) -> None:
     """Check that the shards cover every episode once and match this conversion, then assemble the dataset."""
@@ -691,25 +862,32 @@ def gather(plan: Plan, shard_dirs: list[Path], output: Path) -> None:
         manifest = lerobot.read_json(shard_dir / SHARD_FILE)
         for key, value in expected.items():
             if json.loads(json.dumps(manifest.get("settings", {}).get(key))) != json.loads(json.dumps(value)):
-                raise PosttrainError(f"{shard_dir / SHARD_FILE}: settings.{key} is "
-                                     f"{manifest.get('settings', {}).get(key)!r}, this gather has {value!r}")
+                raise PosttrainError(
+                    f"{shard_dir / SHARD_FILE}: settings.{key} is "
+                    f"{manifest.get('settings', {}).get(key)!r}, this gather has {value!r}"
+                )
         for entry in manifest.get("episodes", []):
             index = entry.get("episode_index")
             episode = wanted.get(index)
             if episode is None or {k: entry.get(k) for k in episode.entry()} != episode.entry():
-                raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} ({entry.get('demo')}) does not "
-                                     f"match {plan.settings.input.name} (stale shard?)")
+                raise PosttrainError(
+                    f"{shard_dir / SHARD_FILE}: episode {index} ({entry.get('demo')}) does not "
+                    f"match {plan.settings.input.name} (stale shard?)"
+                )
             if index in owner:
-                raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} ({episode.demo}) is also in "
-                                     f"{owner[index]}")
+                raise PosttrainError(
+                    f"{shard_dir / SHARD_FILE}: episode {index} ({episode.demo}) is also in {owner[index]}"
+                )
             if not isinstance(entry.get("features"), dict):
                 raise PosttrainError(f"{shard_dir / SHARD_FILE}: episode {index} has no features")
             owner[index], features[index] = shard_dir, entry["features"]
     missing = [e for e in plan.episodes if e.episode_index not in owner]
     if missing:
         listed = ", ".join(f"{e.episode_index} ({e.demo})" for e in missing[:10])
-        raise PosttrainError(f"convert --gather: shards miss {len(missing)} episode(s) of "
-                             f"{plan.settings.input.name}: {listed}{' ...' if len(missing) > 10 else ''}")
+        raise PosttrainError(
+            f"convert --gather: shards miss {len(missing)} episode(s) of "
+            f"{plan.settings.input.name}: {listed}{' ...' if len(missing) > 10 else ''}"
+        )
 
     with atomic_directory(output, "dataset", inputs=[plan.settings.input, *shard_dirs]) as root:
         for episode in plan.episodes:
@@ -733,26 +911,59 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def write_meta(root: Path, plan: Plan, episode_features: list[dict]) -> None:
     """meta/ of the finished dataset; every episode's features must agree with the first one's."""
     settings, embodiment = plan.settings, plan.embodiment
+    check_features(
+        [f"{settings.input.name}: data/{e.demo}: episode {e.episode_index}" for e in plan.episodes], episode_features
+    )
+    info = lerobot.build_info(
+        robot_type=settings.robot_type or embodiment.name,
+        episode_lengths=[e.length for e in plan.episodes],
+        num_tasks=1,
+        fps=settings.fps,
+        chunks_size=settings.chunks_size,
+        features=episode_features[0],
+        video_keys=list(settings.cameras.values()),
+    )
+    source = dict(
+        settings.source_fields(embodiment),
+        skipped_demos=list(plan.skipped),
+        episodes=[e.entry() for e in plan.episodes],
+    )
+    write_meta_files(
+        root,
+        info,
+        [
+            {"episode_index": e.episode_index, "tasks": [settings.language_instruction], "length": e.length}
+            for e in plan.episodes
+        ],
+        [{"task_index": settings.task_index, "task": settings.language_instruction}],
+        dataset_modality(settings, embodiment),
+        source,
+    )
+
+
+def check_features(where: list[str], episode_features: list[dict]) -> None:
+    """One video/column layout per dataset: every episode's info.json features must be the first one's
+    (`where` names each episode in the error)."""
     first = episode_features[0]
-    for episode, features in zip(plan.episodes, episode_features):
+    for name, features in zip(where, episode_features):
         if features != first:
             keys = sorted(k for k in set(first) | set(features) if first.get(k) != features.get(k))
-            raise PosttrainError(f"{settings.input.name}: data/{episode.demo}: episode {episode.episode_index} "
-                                 f"features {keys} differ from episode 0's")
-    video_keys = list(settings.cameras.values())
-    info = lerobot.build_info(
-        robot_type=settings.robot_type or embodiment.name, episode_lengths=[e.length for e in plan.episodes],
-        num_tasks=1, fps=settings.fps, chunks_size=settings.chunks_size, features=first, video_keys=video_keys)
+            raise PosttrainError(f"{name} features {keys} differ from episode 0's")
+
+
+def dataset_modality(settings: Settings, embodiment: Embodiment) -> dict:
+    """meta/modality.json: the embodiment's, with this conversion's cameras."""
     modality = json.loads(json.dumps(embodiment.modality))
-    modality["video"] = {key.rsplit(".", 1)[-1]: {"original_key": key} for key in video_keys}
-    source = dict(settings.source_fields(embodiment), skipped_demos=list(plan.skipped),
-                  episodes=[e.entry() for e in plan.episodes])
+    modality["video"] = {key.rsplit(".", 1)[-1]: {"original_key": key} for key in settings.cameras.values()}
+    return modality
+
+
+def write_meta_files(
+    root: Path, info: dict, episodes: list[dict], tasks: list[dict], modality: dict, source: dict
+) -> None:
     meta = root / "meta"
     write_json_atomic(meta / "info.json", info, indent=4)
-    write_text_atomic(meta / "episodes.jsonl", lerobot.jsonl(
-        [{"episode_index": e.episode_index, "tasks": [settings.language_instruction], "length": e.length}
-         for e in plan.episodes]))
-    write_text_atomic(meta / "tasks.jsonl", lerobot.jsonl(
-        [{"task_index": settings.task_index, "task": settings.language_instruction}]))
+    write_text_atomic(meta / "episodes.jsonl", lerobot.jsonl(episodes))
+    write_text_atomic(meta / "tasks.jsonl", lerobot.jsonl(tasks))
     write_json_atomic(meta / "modality.json", modality, indent=4)
     write_json_atomic(meta / "source.json", source)

@@ -19,9 +19,11 @@ Camera frames come from one of two places, with bit-identical pixels:
   model's resolution (ffmpeg scales while decoding) into a per-worker LRU cache bounded in bytes.
   Decoding costs per episode, so once the dataset outgrows the cache, random sampling decodes one
   episode per sample (measured: 4 samples/s at 512² sources); fine for small datasets only.
+Both decode cameras of any shape the same way: the centre square, scaled to S (frames.decode_camera).
 State, action and task come from the parquet files: with a frames directory all of them are read
 once, in the main process, and shared by the forked workers (EpisodeTables); without, per episode
-into the cache.
+into the cache. The state and action vectors are the columns `posttrain.layout` names (for G1 the
+eef pose and teleop columns beside observation.state and action), concatenated.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import numpy as np
 import torch
 
 from posttrain.errors import PosttrainError
-from posttrain.frames import FrameStore
-from posttrain.lerobot import ACTION, STATE, LeRobotDataset
+from posttrain.frames import FrameStore, decode_camera
+from posttrain.layout import Layout, dataset_layouts, group_columns
+from posttrain.lerobot import LeRobotDataset
 from posttrain.policy import tokenize
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ def check_dataset(dataset: LeRobotDataset) -> None:
     stats_path = dataset.root / "meta" / "stats.json"
     stats = dataset.stats  # raises a clear error when meta/stats.json is missing
     features = dataset.info["features"]
-    for column in (STATE, ACTION):
+    for column in columns_read(dataset):
         if column not in features:
             raise PosttrainError(f"{dataset.root / 'meta' / 'info.json'}: features: no '{column}' column")
         width = features[column]["shape"][0]
@@ -62,35 +65,61 @@ def check_dataset(dataset: LeRobotDataset) -> None:
             values = stats[column].get(key)
             if values is None or np.shape(values) != (width,):
                 raise PosttrainError(f"{stats_path}: {column}.{key}: shape {np.shape(values)}, expected ({width},)")
-        for kind in ("state", "action"):
-            for group in dataset.groups(kind):
-                if group.column == column and not 0 <= group.start < group.end <= width:
-                    raise PosttrainError(f"{dataset.root / 'meta' / 'modality.json'}: {kind}.{group.name}: "
-                                         f"slice {group.start}:{group.end} outside '{column}' of width {width}")
+    dataset_layouts(dataset)  # every group inside its column, every column covered once
     for name, camera in camera_keys(dataset).items():
         if camera not in dataset.video_keys:
-            raise PosttrainError(f"{dataset.root / 'meta' / 'modality.json'}: video.{name}: '{camera}' "
-                                 f"is not a video feature of meta/info.json {dataset.video_keys}")
+            raise PosttrainError(
+                f"{dataset.root / 'meta' / 'modality.json'}: video.{name}: '{camera}' "
+                f"is not a video feature of meta/info.json {dataset.video_keys}"
+            )
     if not camera_keys(dataset):
-        raise PosttrainError(f"{dataset.root / 'meta' / 'modality.json'}: no 'video' entries (the policy needs a camera)")
+        raise PosttrainError(
+            f"{dataset.root / 'meta' / 'modality.json'}: no 'video' entries (the policy needs a camera)"
+        )
+
+
+def columns_read(dataset: LeRobotDataset) -> list[str]:
+    """Every parquet column the policy's state and action vectors are made of (posttrain.layout)."""
+    where = str(dataset.root / "meta" / "modality.json")
+    return [c for kind in ("state", "action") for c in group_columns(dataset.modality, kind, where)]
+
+
+def policy_dims(dataset: LeRobotDataset) -> dict[str, int]:
+    """PolicyConfig's state_dim and action_dim for this dataset: the widths of its vector layouts."""
+    state, action = dataset_layouts(dataset)
+    return {"state_dim": state.width, "action_dim": action.width}
 
 
 def camera_keys(dataset: LeRobotDataset) -> dict[str, str]:
     """modality.json video entries in order: view name -> LeRobot video key. The policy sees views in this order."""
-    return {name: spec.get("original_key", f"observation.images.{name}")
-            for name, spec in dataset.modality.get("video", {}).items()}
+    return {
+        name: spec.get("original_key", f"observation.images.{name}")
+        for name, spec in dataset.modality.get("video", {}).items()
+    }
 
 
 def split_episodes(dataset: LeRobotDataset, holdout_episodes: int) -> dict:
-    """Hold out the last `holdout_episodes` episodes (in episodes.jsonl order) for evaluation."""
-    episodes = [row["episode_index"] for row in dataset.episodes]
+    """Hold out the last `holdout_episodes` episodes of each task (in episodes.jsonl order) for evaluation,
+    so that a dataset gathered from several sources, one after the other, is evaluated on every task."""
     if holdout_episodes < 0:
         raise PosttrainError(f"--holdout-episodes must be >= 0, got {holdout_episodes}")
-    if len(episodes) < holdout_episodes + 1:
-        raise PosttrainError(f"{dataset.root / 'meta' / 'episodes.jsonl'}: {len(episodes)} episodes; holding out "
-                             f"{holdout_episodes} needs at least {holdout_episodes + 1}")
-    cut = len(episodes) - holdout_episodes
-    return {"train_episodes": episodes[:cut], "heldout_episodes": episodes[cut:]}
+    by_task: dict[tuple, list[int]] = {}
+    for row in dataset.episodes:
+        by_task.setdefault(tuple(row.get("tasks") or ()), []).append(row["episode_index"])
+    heldout = set()
+    for task, episodes in by_task.items():
+        if len(episodes) < holdout_episodes + 1:
+            which = f"task {task[0]!r}: " if len(by_task) > 1 and task else ""
+            raise PosttrainError(
+                f"{dataset.root / 'meta' / 'episodes.jsonl'}: {which}{len(episodes)} episodes; "
+                f"holding out {holdout_episodes} needs at least {holdout_episodes + 1}"
+            )
+        heldout.update(episodes[len(episodes) - holdout_episodes :])
+    order = [row["episode_index"] for row in dataset.episodes]
+    return {
+        "train_episodes": [e for e in order if e not in heldout],
+        "heldout_episodes": [e for e in order if e in heldout],
+    }
 
 
 # --- deterministic sample order ----------------------------------------------------------------
@@ -103,8 +132,17 @@ class StepSampler:
     micro-batch k's slice [(k*n + r)*b, (k*n + r + 1)*b) where b is the per-device batch.
     """
 
-    def __init__(self, num_samples: int, per_device_batch: int, num_processes: int, process_index: int,
-                 accumulation: int, seed: int, start_step: int, max_steps: int):
+    def __init__(
+        self,
+        num_samples: int,
+        per_device_batch: int,
+        num_processes: int,
+        process_index: int,
+        accumulation: int,
+        seed: int,
+        start_step: int,
+        max_steps: int,
+    ):
         self.num_samples = num_samples
         self.per_device_batch = per_device_batch
         self.num_processes = num_processes
@@ -172,9 +210,9 @@ def color_jitter(images: torch.Tensor, params: dict, rng: np.random.Generator) -
     hue = rng.uniform(-params.get("hue", 0.0), params.get("hue", 0.0))
     out = (images * brightness).clamp_(0, 1)
     mean = _gray(out).mean(dim=(-3, -2, -1), keepdim=True)
-    out.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 1)        # mean + contrast * (out - mean)
+    out.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 1)  # mean + contrast * (out - mean)
     gray = _gray(out)
-    out.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)      # gray + saturation * (out - gray)
+    out.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)  # gray + saturation * (out - gray)
     if hue:
         angle = 2 * math.pi * hue
         cos, sin = math.cos(angle), math.sin(angle)
@@ -187,26 +225,30 @@ def color_jitter(images: torch.Tensor, params: dict, rng: np.random.Generator) -
 # --- the dataset -------------------------------------------------------------------------------
 @dataclass
 class EpisodeTable:
-    state: np.ndarray          # (T, S) float32
-    action: np.ndarray         # (T, A) float32
+    state: np.ndarray  # (T, S) float32
+    action: np.ndarray  # (T, A) float32
     task_index: int
 
 
-def read_episode_table(dataset: LeRobotDataset, episode_index: int) -> EpisodeTable:
-    columns = dataset.read_episode(episode_index, [STATE, ACTION, "task_index"])
-    rows = len(columns[STATE])
+def read_episode_table(dataset: LeRobotDataset, episode_index: int, layouts: tuple[Layout, Layout]) -> EpisodeTable:
+    """State and action vectors (the columns of `layouts`, concatenated) and the task of one episode."""
+    state, action = layouts
+    names = list(dict.fromkeys(state.column_names + action.column_names + ["task_index"]))
+    columns = dataset.read_episode(episode_index, names)
+    rows = len(columns["task_index"])
     length = next(row["length"] for row in dataset.episodes if row["episode_index"] == episode_index)
     if rows != length:  # samples were indexed from episodes.jsonl lengths
-        raise PosttrainError(f"{dataset.parquet_path(episode_index)}: episode {episode_index}: {rows} rows, "
-                             f"meta/episodes.jsonl says length {length}")
-    return EpisodeTable(columns[STATE].astype(np.float32), columns[ACTION].astype(np.float32),
-                        int(columns["task_index"][0]))
+        raise PosttrainError(
+            f"{dataset.parquet_path(episode_index)}: episode {episode_index}: {rows} rows, "
+            f"meta/episodes.jsonl says length {length}"
+        )
+    return EpisodeTable(state.concat(columns), action.concat(columns), int(columns["task_index"][0]))
 
 
 @dataclass
 class EpisodeArrays:
     table: EpisodeTable
-    frames: list[np.ndarray]   # per view: (T, size, size, 3) uint8
+    frames: list[np.ndarray]  # per view: (T, size, size, 3) uint8
 
     @property
     def nbytes(self) -> int:
@@ -221,14 +263,15 @@ class EpisodeTables:
     GR1 episode of 330 steps).
     """
 
-    def __init__(self, dataset: LeRobotDataset, episodes: list[int]):
+    def __init__(self, dataset: LeRobotDataset, episodes: list[int], layouts: tuple[Layout, Layout]):
         with ThreadPoolExecutor(8) as pool:  # pyarrow reads release the GIL
-            tables = list(pool.map(lambda e: read_episode_table(dataset, e), episodes))
+            tables = list(pool.map(lambda e: read_episode_table(dataset, e, layouts), episodes))
         self.state = np.concatenate([t.state for t in tables])
         self.action = np.concatenate([t.action for t in tables])
         lengths = np.cumsum([0] + [len(t.state) for t in tables])
-        self._rows = {e: (int(lengths[k]), int(lengths[k + 1]), t.task_index)
-                      for k, (e, t) in enumerate(zip(episodes, tables))}
+        self._rows = {
+            e: (int(lengths[k]), int(lengths[k + 1]), t.task_index) for k, (e, t) in enumerate(zip(episodes, tables))
+        }
 
     def get(self, episode_index: int) -> EpisodeTable:
         first, end, task_index = self._rows[episode_index]
@@ -238,8 +281,16 @@ class EpisodeTables:
 class EpisodeCache:
     """Decoded episodes of this process (each DataLoader worker has its own), least recently used evicted."""
 
-    def __init__(self, dataset: LeRobotDataset, cameras: list[str], image_size: int, cache_bytes: int):
+    def __init__(
+        self,
+        dataset: LeRobotDataset,
+        cameras: list[str],
+        image_size: int,
+        cache_bytes: int,
+        layouts: tuple[Layout, Layout],
+    ):
         self.dataset, self.cameras, self.image_size, self.cache_bytes = dataset, cameras, image_size, cache_bytes
+        self.layouts = layouts
         self._episodes: OrderedDict[int, EpisodeArrays] = OrderedDict()
 
     def get(self, episode_index: int) -> EpisodeArrays:
@@ -253,14 +304,16 @@ class EpisodeCache:
         return episode
 
     def _load(self, episode_index: int) -> EpisodeArrays:
-        table = read_episode_table(self.dataset, episode_index)
+        table = read_episode_table(self.dataset, episode_index, self.layouts)
         rows = len(table.state)
         frames = []
         for camera in self.cameras:
-            video = self.dataset.read_video(episode_index, camera, size=(self.image_size, self.image_size))
+            video = decode_camera(self.dataset, episode_index, camera, self.image_size)
             if len(video) != rows:
-                raise PosttrainError(f"{self.dataset.video_path(episode_index, camera)}: episode {episode_index}: "
-                                     f"{len(video)} video frames, expected {rows} (parquet rows)")
+                raise PosttrainError(
+                    f"{self.dataset.video_path(episode_index, camera)}: episode {episode_index}: "
+                    f"{len(video)} video frames, expected {rows} (parquet rows)"
+                )
             frames.append(video)
         return EpisodeArrays(table, frames)
 
@@ -274,13 +327,24 @@ class TrainingSamples(torch.utils.data.Dataset):
     are read from it; without, videos are decoded into a per-worker cache of `cache_bytes`.
     """
 
-    def __init__(self, dataset: LeRobotDataset, episodes: list[int], normalizer, *,
-                 color_jitter_params: dict | None = None, state_dropout_prob: float = 0.0, seed: int = 0,
-                 cache_bytes: int = 2 << 30, frames: str | Path | None = None):
+    def __init__(
+        self,
+        dataset: LeRobotDataset,
+        episodes: list[int],
+        normalizer,
+        *,
+        color_jitter_params: dict | None = None,
+        state_dropout_prob: float = 0.0,
+        seed: int = 0,
+        cache_bytes: int = 2 << 30,
+        frames: str | Path | None = None,
+    ):
         config = normalizer.config  # PolicyConfig: image size, horizon, widths, text length
         if state_dropout_prob and config.state_encoding != "sincos":
-            raise PosttrainError(f"--state-dropout-prob needs the sincos state encoding (a dropped state is all "
-                                 f"zeros, which no sin/cos pair encodes); the policy uses {config.state_encoding!r}")
+            raise PosttrainError(
+                f"--state-dropout-prob needs the sincos state encoding (a dropped state is all "
+                f"zeros, which no sin/cos pair encodes); the policy uses {config.state_encoding!r}"
+            )
         self.state_dropout_prob = state_dropout_prob
         self.dataset = dataset
         self.normalizer = normalizer
@@ -294,16 +358,21 @@ class TrainingSamples(torch.utils.data.Dataset):
         self._cache: EpisodeCache | None = None  # created lazily inside each worker process
         # Checked here, in the main process: a stale or mismatched frames directory fails before training.
         self.frames = None if frames is None else FrameStore(frames, dataset, self.image_size, self.cameras)
-        self.tables = None if frames is None else EpisodeTables(dataset, episodes)
+        # The columns the normalizer was built for (checkpoint stats + modality) are the ones read.
+        self.layouts = (normalizer.state_layout, normalizer.action_layout)
+        self.tables = None if frames is None else EpisodeTables(dataset, episodes, self.layouts)
 
         lengths = {row["episode_index"]: row["length"] for row in dataset.episodes}
         # (episode, start) rows as one array, not a list of tuples: forked workers would copy the
         # pages of the tuples they touch (reference counts), ~0.4 KB per sample each.
-        self.samples = np.array([(ep, start) for ep in episodes for start in range(lengths[ep] - action_horizon + 1)],
-                                dtype=np.int64).reshape(-1, 2)
+        self.samples = np.array(
+            [(ep, start) for ep in episodes for start in range(lengths[ep] - action_horizon + 1)], dtype=np.int64
+        ).reshape(-1, 2)
         if not len(self.samples):
-            raise PosttrainError(f"{dataset.root}: no training samples: every one of episodes {episodes} is shorter "
-                                 f"than the action horizon {action_horizon} (GR00T does not pad)")
+            raise PosttrainError(
+                f"{dataset.root}: no training samples: every one of episodes {episodes} is shorter "
+                f"than the action horizon {action_horizon} (GR00T does not pad)"
+            )
         # Token ids of each task text, computed once (tasks are few, samples are many).
         texts = [dataset.task_text(i) for i in sorted(dataset.tasks)]
         tokens = tokenize(texts, config.text_max_length, config.text_vocab_size)
@@ -317,7 +386,7 @@ class TrainingSamples(torch.utils.data.Dataset):
         if self.frames is not None:
             return self.tables.get(episode_index), self.frames.images(episode_index, start)
         if self._cache is None:
-            self._cache = EpisodeCache(self.dataset, self.cameras, self.image_size, self.cache_bytes)
+            self._cache = EpisodeCache(self.dataset, self.cameras, self.image_size, self.cache_bytes, self.layouts)
         episode = self._cache.get(episode_index)
         return episode.table, np.stack([f[start] for f in episode.frames])
 
@@ -330,12 +399,12 @@ class TrainingSamples(torch.utils.data.Dataset):
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
         if self.jitter:
             images = color_jitter(images, self.jitter, rng)
-        state = self.normalizer.encode_state(table.state[start:start + 1])[0]
+        state = self.normalizer.encode_state(table.state[start : start + 1])[0]
         if self.state_dropout_prob and rng.random() < self.state_dropout_prob:
             # GR00T's state dropout: without the state the policy must read the target from the
             # image (the state alone predicts most steps, a shortcut that leaves vision unused).
             state = np.zeros_like(state)
-        action = self.normalizer.normalize_action(table.action[start:start + self.horizon])
+        action = self.normalizer.normalize_action(table.action[start : start + self.horizon])
         # Flow-matching noise and time drawn here, from the sample's own seed, so that they do not
         # depend on how samples are spread over processes (see module docstring).
         # GR00T's flow time t = 0.999 (1 - u), u ~ Beta(1.5, 1).

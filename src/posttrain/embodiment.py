@@ -43,8 +43,18 @@ DEFAULT_JOINT_MAPS = {"state": STATE_YAML, "action": ACTION_YAML, "policy": POLI
 SECTION_COLUMNS = {"state": "observation.state", "action": "action"}  # modality.json section -> joint column
 COLUMN_DTYPES = ("float32", "float64")
 # Columns every conversion writes itself: an embodiment may not declare them again.
-FIXED_COLUMNS = ("observation.state", "action", "timestamp", "episode_index", "task_index", "index",
-                 "frame_index", "next.reward", "next.done", "observation.img_state_delta")
+FIXED_COLUMNS = (
+    "observation.state",
+    "action",
+    "timestamp",
+    "episode_index",
+    "task_index",
+    "index",
+    "frame_index",
+    "next.reward",
+    "next.done",
+    "observation.img_state_delta",
+)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -130,6 +140,7 @@ def _read_modality(path: Path) -> dict:
 @dataclass(frozen=True)
 class ColumnPart:
     """One HDF5 dataset of an extra column: `key` under the demo group, (T, width)."""
+
     key: str
     width: int
     arena: str | None = None  # the Arena converter YAML key that names the dataset (its last path part)
@@ -138,6 +149,7 @@ class ColumnPart:
 @dataclass(frozen=True)
 class ExtraColumn:
     """A parquet column beyond state and action: its parts concatenated along the last axis."""
+
     name: str
     dtype: str  # float32 or float64
     parts: tuple[ColumnPart, ...]
@@ -157,22 +169,31 @@ def _read_description(path: Path) -> dict:
     if unknown:
         raise PosttrainError(f"{path}: unknown key {unknown[0]!r} (joint_maps, robot_type, cameras, columns)")
     joint_maps = data.get("joint_maps") or {}
-    if not isinstance(joint_maps, dict) or set(joint_maps) - set(DEFAULT_JOINT_MAPS) or not all(
-            isinstance(v, str) and v for v in joint_maps.values()):
+    if (
+        not isinstance(joint_maps, dict)
+        or set(joint_maps) - set(DEFAULT_JOINT_MAPS)
+        or not all(isinstance(v, str) and v for v in joint_maps.values())
+    ):
         raise PosttrainError(f"{path}: joint_maps: expected file names for {', '.join(DEFAULT_JOINT_MAPS)}")
     robot_type = data.get("robot_type")
     if robot_type is not None and not isinstance(robot_type, str):
         raise PosttrainError(f"{path}: robot_type: expected a string, got {robot_type!r}")
     cameras = data.get("cameras")
-    if cameras is not None and (not isinstance(cameras, dict) or not cameras or not all(
-            isinstance(k, str) and isinstance(v, str) and k and v for k, v in cameras.items())):
+    if cameras is not None and (
+        not isinstance(cameras, dict)
+        or not cameras
+        or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in cameras.items())
+    ):
         raise PosttrainError(f"{path}: cameras: expected a mapping camera_obs name -> video key")
     columns = data.get("columns") or {}
     if not isinstance(columns, dict):
         raise PosttrainError(f"{path}: columns: expected a mapping column name -> {{dtype, parts}}")
-    return {"joint_maps": dict(DEFAULT_JOINT_MAPS, **joint_maps), "robot_type": robot_type,
-            "cameras": dict(cameras) if cameras else None,
-            "columns": tuple(_read_column(path, name, spec) for name, spec in columns.items())}
+    return {
+        "joint_maps": dict(DEFAULT_JOINT_MAPS, **joint_maps),
+        "robot_type": robot_type,
+        "cameras": dict(cameras) if cameras else None,
+        "columns": tuple(_read_column(path, name, spec) for name, spec in columns.items()),
+    }
 
 
 def _read_column(path: Path, name, spec) -> ExtraColumn:
@@ -190,16 +211,25 @@ def _read_column(path: Path, name, spec) -> ExtraColumn:
     for i, part in enumerate(parts):
         ok = isinstance(part, dict) and {"key", "width"} <= set(part) <= {"key", "width", "arena"}
         key, width, arena = (part.get("key"), part.get("width"), part.get("arena")) if ok else (None, None, None)
-        if not (isinstance(key, str) and key.strip("/") and isinstance(width, int) and not isinstance(width, bool)
-                and width > 0 and (arena is None or isinstance(arena, str))):
-            raise PosttrainError(f"{where}: parts[{i}]: expected {{key: HDF5 dataset under the demo, width: "
-                                 f"positive integer, arena: YAML key (optional)}}, got {part!r}")
+        if not (
+            isinstance(key, str)
+            and key.strip("/")
+            and isinstance(width, int)
+            and not isinstance(width, bool)
+            and width > 0
+            and (arena is None or isinstance(arena, str))
+        ):
+            raise PosttrainError(
+                f"{where}: parts[{i}]: expected {{key: HDF5 dataset under the demo, width: "
+                f"positive integer, arena: YAML key (optional)}}, got {part!r}"
+            )
         out.append(ColumnPart(key.strip("/"), width, arena))
     return ExtraColumn(name, spec["dtype"], tuple(out))
 
 
-def _check_column_groups(section: str, entries: dict, columns: tuple[ExtraColumn, ...], modality_path: Path,
-                         description: str) -> dict:
+def _check_column_groups(
+    section: str, entries: dict, columns: tuple[ExtraColumn, ...], modality_path: Path, description: str
+) -> dict:
     """The joint groups of a modality.json section; the groups of extra columns must fit their column."""
     widths = {column.name: column.width for column in columns}
     joints = {}
@@ -209,17 +239,27 @@ def _check_column_groups(section: str, entries: dict, columns: tuple[ExtraColumn
             joints[group] = entry
             continue
         if column not in widths:
-            raise PosttrainError(f"{modality_path}: {section}.{group}: original_key {column!r} is neither "
-                                 f"{SECTION_COLUMNS[section]!r} nor a column declared in {description}")
+            raise PosttrainError(
+                f"{modality_path}: {section}.{group}: original_key {column!r} is neither "
+                f"{SECTION_COLUMNS[section]!r} nor a column declared in {description}"
+            )
         start, end = entry.get("start"), entry.get("end")
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= widths[column]):
-            raise PosttrainError(f"{modality_path}: {section}.{group}: slice [{start}, {end}) outside {column} "
-                                 f"of width {widths[column]} ({description})")
+            raise PosttrainError(
+                f"{modality_path}: {section}.{group}: slice [{start}, {end}) outside {column} "
+                f"of width {widths[column]} ({description})"
+            )
     return joints
 
 
-def _ordered_groups(policy: dict[str, list[str]], modality: dict, policy_path: Path, modality_path: Path,
-                    columns: tuple[ExtraColumn, ...] = (), description: str = DESCRIPTION_YAML) -> dict[str, list[str]]:
+def _ordered_groups(
+    policy: dict[str, list[str]],
+    modality: dict,
+    policy_path: Path,
+    modality_path: Path,
+    columns: tuple[ExtraColumn, ...] = (),
+    description: str = DESCRIPTION_YAML,
+) -> dict[str, list[str]]:
     """Policy groups in modality.json key order, after checking both sections slice them exactly."""
     order = None
     for section in ("state", "action"):
@@ -228,8 +268,10 @@ def _ordered_groups(policy: dict[str, list[str]], modality: dict, policy_path: P
             raise PosttrainError(f"{modality_path}: missing or empty `{section}` section")
         entries = _check_column_groups(section, entries, columns, modality_path, description)
         if set(entries) != set(policy):
-            raise PosttrainError(f"{modality_path}: {section} groups {list(entries)} differ from the groups "
-                                 f"of {policy_path.name} {list(policy)}")
+            raise PosttrainError(
+                f"{modality_path}: {section} groups {list(entries)} differ from the groups "
+                f"of {policy_path.name} {list(policy)}"
+            )
         if order is None:
             order = list(entries)
         elif list(entries) != order:
@@ -241,7 +283,8 @@ def _ordered_groups(policy: dict[str, list[str]], modality: dict, policy_path: P
                 raise PosttrainError(
                     f"{modality_path}: {section}.{group}: slice [{start}, {end}) expected [{position}, "
                     f"{position + len(policy[group])}) ({len(policy[group])} joints in {policy_path.name}, "
-                    f"groups contiguous in key order)")
+                    f"groups contiguous in key order)"
+                )
             position = end
     return {group: policy[group] for group in order}
 
@@ -249,8 +292,10 @@ def _ordered_groups(policy: dict[str, list[str]], modality: dict, policy_path: P
 def _indices(names: list[str], sim_map: dict[str, int], path: Path, what: str) -> np.ndarray:
     missing = [n for n in names if n not in sim_map]
     if missing:
-        raise PosttrainError(f"{path}: policy joint {missing[0]} not in the sim {what} map"
-                             + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+        raise PosttrainError(
+            f"{path}: policy joint {missing[0]} not in the sim {what} map"
+            + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else "")
+        )
     return np.array([sim_map[n] for n in names], dtype=np.int64)
 
 
@@ -260,36 +305,51 @@ class Embodiment:
     and the extra columns the embodiment declares (none for GR1; eef poses and teleop commands for G1)."""
 
     name: str
-    groups: dict[str, list[str]]          # policy groups, modality.json key order
-    state_joints: dict[str, int]          # sim state joint name -> column
-    action_joints: dict[str, int]         # sim action joint name -> column
+    groups: dict[str, list[str]]  # policy groups, modality.json key order
+    state_joints: dict[str, int]  # sim state joint name -> column
+    action_joints: dict[str, int]  # sim action joint name -> column
     sim_state_dims: int
     sim_action_dims: int
     modality: dict
-    directory: Path | None = None         # where the files came from (None for from_files)
+    directory: Path | None = None  # where the files came from (None for from_files)
     files: dict[str, Path] = field(default_factory=dict)
     columns: tuple[ExtraColumn, ...] = ()  # extra parquet columns (embodiment.yaml), in parquet order
-    robot_type: str | None = None         # info.json robot_type (None: the name)
+    robot_type: str | None = None  # info.json robot_type (None: the name)
     cameras: dict[str, str] | None = None  # default camera_obs name -> video key (None: the converter's)
     joint_names: list[str] = field(init=False)
-    state_indices: np.ndarray = field(init=False)   # sim state column of each policy joint
+    state_indices: np.ndarray = field(init=False)  # sim state column of each policy joint
     action_indices: np.ndarray = field(init=False)  # sim action column of each policy joint
 
     def __post_init__(self):
         names = [n for group in self.groups.values() for n in group]
         object.__setattr__(self, "joint_names", names)
-        object.__setattr__(self, "state_indices",
-                           _indices(names, self.state_joints, self.files.get("state", Path(STATE_YAML)), "state"))
-        object.__setattr__(self, "action_indices",
-                           _indices(names, self.action_joints, self.files.get("action", Path(ACTION_YAML)), "action"))
+        object.__setattr__(
+            self,
+            "state_indices",
+            _indices(names, self.state_joints, self.files.get("state", Path(STATE_YAML)), "state"),
+        )
+        object.__setattr__(
+            self,
+            "action_indices",
+            _indices(names, self.action_joints, self.files.get("action", Path(ACTION_YAML)), "action"),
+        )
 
     @classmethod
-    def from_files(cls, state_yaml, action_yaml, policy_yaml, modality_json, name: str | None = None,
-                   directory: Path | None = None, description_yaml=None) -> Embodiment:
+    def from_files(
+        cls,
+        state_yaml,
+        action_yaml,
+        policy_yaml,
+        modality_json,
+        name: str | None = None,
+        directory: Path | None = None,
+        description_yaml=None,
+    ) -> Embodiment:
         """Build from explicit files (the Arena converter YAML's `*_joints_config_path` keys), plus
         our embodiment.yaml when there is one (its columns, robot_type and cameras; not its joint_maps)."""
-        state_yaml, action_yaml, policy_yaml, modality_json = map(Path, (state_yaml, action_yaml, policy_yaml,
-                                                                         modality_json))
+        state_yaml, action_yaml, policy_yaml, modality_json = map(
+            Path, (state_yaml, action_yaml, policy_yaml, modality_json)
+        )
         state_joints, state_dims = _read_sim_map(state_yaml)
         action_joints, action_dims = _read_sim_map(action_yaml)
         modality = _read_modality(modality_json)
@@ -299,12 +359,23 @@ class Embodiment:
             files["description"] = Path(description_yaml)
             description = _read_description(files["description"])
         declared_in = str(files.get("description", f"an {DESCRIPTION_YAML} (none found)"))
-        groups = _ordered_groups(_read_policy_groups(policy_yaml), modality, policy_yaml, modality_json,
-                                 description["columns"], declared_in)
-        return cls(name=name or policy_yaml.parent.name, groups=groups, state_joints=state_joints,
-                   action_joints=action_joints, sim_state_dims=state_dims, sim_action_dims=action_dims,
-                   modality=modality, directory=directory, files=files, columns=description["columns"],
-                   robot_type=description["robot_type"], cameras=description["cameras"])
+        groups = _ordered_groups(
+            _read_policy_groups(policy_yaml), modality, policy_yaml, modality_json, description["columns"], declared_in
+        )
+        return cls(
+            name=name or policy_yaml.parent.name,
+            groups=groups,
+            state_joints=state_joints,
+            action_joints=action_joints,
+            sim_state_dims=state_dims,
+            sim_action_dims=action_dims,
+            modality=modality,
+            directory=directory,
+            files=files,
+            columns=description["columns"],
+            robot_type=description["robot_type"],
+            cameras=description["cameras"],
+        )
 
     @property
     def annotation_key(self) -> str | None:
@@ -319,13 +390,16 @@ class Embodiment:
         used = {part.arena for column in self.columns for part in column.parts}
         unknown = [key for key in names if key not in used]
         if unknown:
-            raise PosttrainError(f"{where}: {unknown[0]}: embodiment {self.name} declares no column read from it "
-                                 f"(`columns:` of its {DESCRIPTION_YAML})")
+            raise PosttrainError(
+                f"{where}: {unknown[0]}: embodiment {self.name} declares no column read from it "
+                f"(`columns:` of its {DESCRIPTION_YAML})"
+            )
 
         def renamed(part: ColumnPart) -> ColumnPart:
             if part.arena not in names:
                 return part
             return replace(part, key="/".join([*part.key.split("/")[:-1], names[part.arena]]))
+
         return replace(self, columns=tuple(replace(c, parts=tuple(map(renamed, c.parts))) for c in self.columns))
 
     @property
@@ -387,14 +461,22 @@ def load_embodiment(name_or_dir: str | os.PathLike) -> Embodiment:
         directory = Path(text)
     else:
         known = sorted(p.name for p in EMBODIMENTS_DIR.iterdir() if p.is_dir()) if EMBODIMENTS_DIR.is_dir() else []
-        raise PosttrainError(f"{text}: unknown embodiment (not a directory; known names: "
-                             f"{', '.join(known) or 'none'} in {EMBODIMENTS_DIR})")
+        raise PosttrainError(
+            f"{text}: unknown embodiment (not a directory; known names: "
+            f"{', '.join(known) or 'none'} in {EMBODIMENTS_DIR})"
+        )
     directory = directory.resolve()
     description = directory / DESCRIPTION_YAML if (directory / DESCRIPTION_YAML).is_file() else None
     maps = _read_description(description)["joint_maps"] if description else DEFAULT_JOINT_MAPS
     for fname in (maps["state"], maps["action"], maps["policy"], MODALITY_JSON):
         if not (directory / fname).is_file():
             raise PosttrainError(f"{directory / fname}: embodiment file missing")
-    return Embodiment.from_files(directory / maps["state"], directory / maps["action"], directory / maps["policy"],
-                                 directory / MODALITY_JSON, name=directory.name, directory=directory,
-                                 description_yaml=description)
+    return Embodiment.from_files(
+        directory / maps["state"],
+        directory / maps["action"],
+        directory / maps["policy"],
+        directory / MODALITY_JSON,
+        name=directory.name,
+        directory=directory,
+        description_yaml=description,
+    )

@@ -36,7 +36,10 @@ from tqdm import tqdm
 
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, write_json_atomic
-from posttrain.lerobot import ACTION, STATE, LeRobotDataset, read_json
+from posttrain.frames import decode_camera
+from posttrain.layout import dataset_layouts, group_columns
+from posttrain.lerobot import LeRobotDataset, read_json
+from posttrain.settings import EvalSettings, add_options
 
 log = logging.getLogger("posttrain.eval")
 
@@ -45,24 +48,18 @@ SPLIT = "split.json"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", type=Path,
-                        help="checkpoint-N/ directory, or a run directory with DONE.json (its final checkpoint)")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint-N/ directory, or a run directory with DONE.json (its final checkpoint)",
+    )
     parser.add_argument("dataset", type=Path, help="LeRobot dataset the checkpoint was trained on")
     parser.add_argument("--output", type=Path, required=True, help="evaluation directory (replaced whole)")
-    parser.add_argument("--episodes-to-plot", type=int, default=3, help="held-out episodes in trajectories.png")
-    parser.add_argument("--stride", type=int, default=1, help="evaluate every N-th start step")
-    parser.add_argument("--batch-size", type=int, default=8, help="chunks per predict() call")
+    add_options(parser, EvalSettings)  # with a run directory, --all-checkpoints writes OUTPUT/checkpoints/<name>/
     parser.add_argument("--device", default="auto", help="torch device for the policy (auto: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the flow-matching noise (repeatable metrics)")
-    parser.add_argument("--all-checkpoints", action="store_true",
-                        help="with a run directory: also evaluate every complete checkpoint-* into "
-                             "OUTPUT/checkpoints/<name>/")
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.stride < 1 or args.batch_size < 1 or args.episodes_to_plot < 0:
-        raise PosttrainError("--stride and --batch-size must be >= 1, --episodes-to-plot >= 0")
     checkpoint, run_dir = resolve_checkpoint(args.checkpoint)
     others = []
     if args.all_checkpoints:
@@ -70,8 +67,13 @@ def run(args) -> int:
             raise PosttrainError(f"{args.checkpoint}: --all-checkpoints needs a run directory with DONE.json")
         others = [c for c in complete_checkpoints(run_dir) if c != checkpoint]
     dataset = LeRobotDataset(args.dataset)
-    options = dict(episodes_to_plot=args.episodes_to_plot, stride=args.stride, batch_size=args.batch_size,
-                   device=args.device, seed=args.seed)
+    options = dict(
+        episodes_to_plot=args.episodes_to_plot,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
     with atomic_directory(args.output, "eval", inputs=[args.checkpoint, args.dataset]) as tmp:
         metrics = evaluate_checkpoint(checkpoint, dataset, tmp, **options)
         if others:
@@ -81,11 +83,27 @@ def run(args) -> int:
                 metrics["checkpoints"][other.name] = summary(sub)
         write_json_atomic(tmp / "metrics.json", metrics)
     p = metrics["policy"]
-    log.info("%s: policy MSE %.5g MAE %.5g | mean-action MSE %.5g | hold-state MSE %s", checkpoint.name, p["mse"],
-             p["mae"], metrics["mean_action"]["mse"], (metrics["hold_state"] or {}).get("mse"))
+    log.info(
+        "%s: policy MSE %.5g MAE %.5g | mean-action MSE %.5g | hold-state MSE %s",
+        checkpoint.name,
+        p["mse"],
+        p["mae"],
+        metrics["mean_action"]["mse"],
+        (metrics["hold_state"] or {}).get("mse"),
+    )
     # Losing to a baseline is information, not a failure: a warning, and the exit status stays 0.
     outcome = metrics["verdict"]
     (log.info if outcome["beats_all_baselines"] else log.warning)("verdict: %s", outcome["summary"])
+    for key, task in metrics["per_task"].items() if len(metrics["per_task"]) > 1 else ():
+        if task["verdict"] is None:
+            log.warning("task %s (%s): no held-out episode", key, task["task"])
+        else:
+            (log.info if task["verdict"]["beats_all_baselines"] else log.warning)(
+                "task %s (%s): %s", key, task["task"], task["verdict"]["summary"]
+            )
+    swap = metrics["instruction_swap"]
+    if swap:
+        (log.info if swap["follows_instruction"] else log.warning)("instruction swap: %s", swap["summary"])
     return 0
 
 
@@ -108,14 +126,18 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """checkpoint-N/ directories with trainer_state.json (written last), by step."""
-    found = [p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-             and (p / "trainer_state.json").is_file()]
+    found = [
+        p
+        for p in run_dir.glob("checkpoint-*")
+        if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def is_gr00t_checkpoint(checkpoint: Path) -> bool:
     return not (checkpoint / MODEL_CONFIG).is_file() and (
-        (checkpoint / "processor_config.json").is_file() or (checkpoint / "experiment_cfg").is_dir())
+        (checkpoint / "processor_config.json").is_file() or (checkpoint / "experiment_cfg").is_dir()
+    )
 
 
 def gr00t_command(checkpoint: Path, dataset: LeRobotDataset) -> str:
@@ -131,10 +153,24 @@ def gr00t_command(checkpoint: Path, dataset: LeRobotDataset) -> str:
     split = next((p / SPLIT for p in (checkpoint, checkpoint.parent) if (p / SPLIT).is_file()), None)
     episodes = read_json(split)["heldout_episodes"] if split else [e["episode_index"] for e in dataset.episodes]
     steps = max(e["length"] for e in dataset.episodes)
-    args = ["python", "gr00t/eval/open_loop_eval.py", "--model-path", str(checkpoint.resolve()),
-            "--dataset-path", str(dataset.root.resolve()), "--embodiment-tag", tag,
-            "--traj-ids", *map(str, episodes), "--action-horizon", "16", "--steps", str(steps),
-            "--save-plot-path", str((checkpoint.parent / "open_loop_eval" / "traj.jpeg").resolve())]
+    args = [
+        "python",
+        "gr00t/eval/open_loop_eval.py",
+        "--model-path",
+        str(checkpoint.resolve()),
+        "--dataset-path",
+        str(dataset.root.resolve()),
+        "--embodiment-tag",
+        tag,
+        "--traj-ids",
+        *map(str, episodes),
+        "--action-horizon",
+        "16",
+        "--steps",
+        str(steps),
+        "--save-plot-path",
+        str((checkpoint.parent / "open_loop_eval" / "traj.jpeg").resolve()),
+    ]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -144,7 +180,8 @@ def check_compatible(checkpoint: Path, dataset: LeRobotDataset) -> dict:
         raise PosttrainError(
             f"{checkpoint}: is an Isaac-GR00T checkpoint (no {MODEL_CONFIG}); posttrain eval reads native "
             f"checkpoints only. Evaluate it with Isaac-GR00T's gr00t/eval/open_loop_eval.py, from an Isaac-GR00T "
-            f"checkout (n1.6-release): {gr00t_command(checkpoint, dataset)}")
+            f"checkout (n1.6-release): {gr00t_command(checkpoint, dataset)}"
+        )
     for name in (MODEL_CONFIG, "modality.json", SPLIT, "stats.json"):
         if not (checkpoint / name).is_file():
             raise PosttrainError(f"{checkpoint / name}: missing; not a complete native checkpoint")
@@ -157,11 +194,13 @@ def check_compatible(checkpoint: Path, dataset: LeRobotDataset) -> dict:
         if ours != theirs:
             raise PosttrainError(
                 f"{ckpt_modality_file}: {kind} groups {fmt_groups(ours)} differ from {ds_modality_file}: "
-                f"{fmt_groups(theirs)} (checkpoint trained on a different embodiment)")
+                f"{fmt_groups(theirs)} (checkpoint trained on a different embodiment)"
+            )
     stats_file = checkpoint / "stats.json"
     ckpt_stats = read_json(stats_file)
     info_file = dataset.root / "meta" / "info.json"
-    for column in (STATE, ACTION):
+    columns = [c for kind in ("state", "action") for c in group_columns(ckpt_modality, kind, str(ckpt_modality_file))]
+    for column in columns:  # every column the policy reads (posttrain.layout), not only state and action
         ours = len(ckpt_stats.get(column, {}).get("mean", []))
         theirs = dataset.info["features"].get(column, {}).get("shape", [0])[0]
         if ours != theirs:
@@ -179,8 +218,10 @@ def check_compatible(checkpoint: Path, dataset: LeRobotDataset) -> dict:
     for key in ("heldout_episodes", "train_episodes"):
         absent = [e for e in split.get(key, []) if e not in present]
         if absent:
-            raise PosttrainError(f"{split_file}: {key} {absent} not in {dataset.root / 'meta' / 'episodes.jsonl'} "
-                                 f"({len(present)} episodes)")
+            raise PosttrainError(
+                f"{split_file}: {key} {absent} not in {dataset.root / 'meta' / 'episodes.jsonl'} "
+                f"({len(present)} episodes)"
+            )
     return {"video_keys": video_keys, "heldout": heldout, "train": list(split.get("train_episodes", []))}
 
 
@@ -192,37 +233,211 @@ def fmt_groups(groups: dict) -> str:
 @dataclass
 class Episode:
     index: int
-    texts: list[str]    # per frame, from the task_index column (as the trainer reads it)
-    state: np.ndarray   # (T, Ds) raw
+    texts: list[str]  # per frame, from the task_index column (as the trainer reads it)
+    state: np.ndarray  # (T, Ds) raw
     action: np.ndarray  # (T, Da) raw
     frames: np.ndarray  # (T, V, S, S, 3) uint8
 
 
 def load_episode(dataset: LeRobotDataset, episode_index: int, video_keys: list[str], size: int) -> Episode:
-    columns = dataset.read_episode(episode_index, [STATE, ACTION, "task_index"])
+    """Raw state and action vectors (the columns posttrain.layout names, float64) and the frames the policy sees."""
+    state_layout, action_layout = dataset_layouts(dataset)
+    names = list(dict.fromkeys(state_layout.column_names + action_layout.column_names + ["task_index"]))
+    columns = dataset.read_episode(episode_index, names)
     try:
         texts = [dataset.task_text(int(t)) for t in columns["task_index"]]
     except KeyError as err:
-        raise PosttrainError(f"{dataset.parquet_path(episode_index)}: task_index {err} not in "
-                             f"{dataset.root / 'meta' / 'tasks.jsonl'}") from None
-    views = [dataset.read_video(episode_index, key, (size, size)) for key in video_keys]
-    n = len(columns[STATE])
+        raise PosttrainError(
+            f"{dataset.parquet_path(episode_index)}: task_index {err} not in {dataset.root / 'meta' / 'tasks.jsonl'}"
+        ) from None
+    views = [decode_camera(dataset, episode_index, key, size) for key in video_keys]  # as training decodes
+    n = len(columns["task_index"])
     for key, frames in zip(video_keys, views):
         if len(frames) < n:
-            raise PosttrainError(f"{dataset.video_path(episode_index, key)}: episode {episode_index} has "
-                                 f"{len(frames)} frames but {n} parquet rows")
+            raise PosttrainError(
+                f"{dataset.video_path(episode_index, key)}: episode {episode_index} has "
+                f"{len(frames)} frames but {n} parquet rows"
+            )
     frames = np.stack([v[:n] for v in views], axis=1)
-    return Episode(episode_index, texts, columns[STATE], columns[ACTION], frames)
+    return Episode(
+        episode_index,
+        texts,
+        state_layout.concat(columns, np.float64),
+        action_layout.concat(columns, np.float64),
+        frames,
+    )
 
 
 def train_mean_action(dataset: LeRobotDataset, episodes: list[int]) -> np.ndarray:
-    actions = [dataset.read_episode(e, [ACTION])[ACTION] for e in episodes]
-    return np.concatenate(actions).astype(np.float64).mean(axis=0)
+    action_layout = dataset_layouts(dataset)[1]
+    actions = [action_layout.concat(dataset.read_episode(e, action_layout.column_names), np.float64) for e in episodes]
+    return np.concatenate(actions).mean(axis=0)
+
+
+# --- per task and the instruction swap ---------------------------------------------------------
+SWAP_RULE = (
+    "each held-out chunk is predicted again with another task's instruction (swapped_to), from the same "
+    "noise; change_mse: MSE between the two predictions; resample_mse: MSE between two predictions with the "
+    "true instruction and different noise (the sampler's own spread); swapped_mse: the error against the "
+    "recorded actions with the wrong instruction. follows_instruction: change_mse > resample_mse and "
+    "swapped_mse > policy_mse (the wrong instruction moves the prediction more than chance, away from "
+    "the recorded motion)"
+)
+
+
+def swap_targets(dataset: LeRobotDataset) -> dict[str, str] | None:
+    """Task text -> the text it is swapped with (the next distinct task by index, cyclically); None for one task."""
+    texts = list(dict.fromkeys(dataset.tasks[i] for i in sorted(dataset.tasks)))
+    if len(texts) < 2:
+        return None
+    return {text: texts[(k + 1) % len(texts)] for k, text in enumerate(texts)}
+
+
+def task_mean_actions(dataset: LeRobotDataset, train: list[int]) -> dict[str, tuple[np.ndarray, str]]:
+    """Per task text: the mean action of the train episodes with that task (meta/episodes.jsonl) and its source.
+
+    Episodes are taken in split.json order, so that a single-task dataset gets the pooled mean exactly."""
+    tasks_of = {row["episode_index"]: row.get("tasks") or [] for row in dataset.episodes}
+    by_task: dict[str, list[int]] = {}
+    for episode in train:
+        for text in tasks_of.get(episode, []):
+            by_task.setdefault(text, []).append(episode)
+    return {
+        text: (
+            train_mean_action(dataset, episodes),
+            f"mean action over the task's {len(episodes)} train episodes' frames (split.json)",
+        )
+        for text, episodes in by_task.items()
+    }
+
+
+def swap_predictions(policy, images, state, texts, swap_to: dict[str, str], noise, resample) -> tuple:
+    """(prediction with the swapped instructions from the noise state `noise`, prediction with the true
+    instructions from the `resample` generator), both float64 (B, H, D)."""
+    import torch
+
+    same_noise = torch.Generator().set_state(noise)
+    swapped = policy.predict(images, state, [swap_to[t] for t in texts], generator=same_noise)
+    resampled = policy.predict(images, state, texts, generator=resample)
+    return np.asarray(swapped, np.float64), np.asarray(resampled, np.float64)
+
+
+def per_task_metrics(
+    dataset: LeRobotDataset,
+    chunks: dict,
+    groups: list,
+    hold_ok: bool,
+    train: list[int],
+    pooled_mean: np.ndarray,
+    pooled_source: str,
+) -> dict:
+    """The pooled metrics again for the chunks of each task (the task of a chunk's first frame), keyed by task index.
+
+    The mean-action baseline of a task is the mean action of its own train episodes (it knows the task), or
+    the pooled one when the task has none. A task of the dataset without held-out chunks gets num_chunks 0
+    and no numbers (the split holds out the last episodes, which may all be of one task)."""
+    index_of = {text: i for i, text in sorted(dataset.tasks.items(), reverse=True)}  # the lowest index wins
+    means = task_mean_actions(dataset, train) if train else {}
+    out = {}
+    for text in sorted(set(chunks["texts"]) | set(index_of), key=lambda t: index_of.get(t, len(index_of))):
+        rows = np.array([t == text for t in chunks["texts"]])
+        if not rows.any():
+            out[str(index_of[text])] = {
+                "task_index": index_of[text],
+                "task": text,
+                "episodes": [],
+                "num_chunks": 0,
+                "policy": None,
+                "mean_action": None,
+                "hold_state": None,
+                "verdict": None,
+            }
+            continue
+        truth = chunks["truth"][rows]
+        mean, source = means.get(text, (pooled_mean, pooled_source))
+        errors = {
+            "policy": error_summary(chunks["predicted"][rows] - truth, groups),
+            "mean_action": error_summary(mean[None, None, :] - truth, groups),
+            "hold_state": error_summary(chunks["hold"][rows] - truth, groups) if hold_ok else None,
+        }
+        out[str(index_of.get(text))] = {
+            "task_index": index_of.get(text),
+            "task": text,
+            "episodes": sorted({int(e) for e in chunks["episodes"][rows]}),
+            "num_chunks": int(rows.sum()),
+            **errors,
+            "baselines": {"mean_action": source},
+            "verdict": verdict(errors["policy"], {k: errors[k] for k in ("mean_action", "hold_state")}),
+        }
+    return out
+
+
+def swap_block(
+    predicted: np.ndarray, swapped: np.ndarray, resampled: np.ndarray, truth: np.ndarray, groups: list
+) -> dict:
+    """The instruction swap's numbers for a set of chunks (N, H, D)."""
+    change = swapped - predicted
+    numbers = {
+        "num_chunks": len(predicted),
+        "change_mse": mse(change),
+        "resample_mse": mse(resampled - predicted),
+        "policy_mse": mse(predicted - truth),
+        "swapped_mse": mse(swapped - truth),
+        "change_mse_per_step": np.mean(np.square(change), axis=(0, 2)).tolist(),
+        "change_mse_groups": {name: mse(change[:, :, a:b]) for name, a, b in groups},
+    }
+    numbers["change_vs_resample"] = mse_ratio(numbers["change_mse"], numbers["resample_mse"])
+    numbers["change_vs_error"] = mse_ratio(numbers["change_mse"], numbers["policy_mse"])
+    numbers["swapped_vs_true_error"] = mse_ratio(numbers["swapped_mse"], numbers["policy_mse"])
+    numbers["follows_instruction"] = (
+        numbers["change_mse"] > numbers["resample_mse"] and numbers["swapped_mse"] > numbers["policy_mse"]
+    )
+    return numbers
+
+
+def instruction_swap(dataset: LeRobotDataset, chunks: dict, swap_to: dict[str, str], groups: list) -> dict:
+    """The swap check overall and per task (keyed as per_task), with a one-sentence summary."""
+    index_of = {text: i for i, text in sorted(dataset.tasks.items(), reverse=True)}
+    arrays = [chunks[k] for k in ("predicted", "swapped", "resampled", "truth")]
+    result = {"rule": SWAP_RULE, **swap_block(*arrays, groups), "per_task": {}}
+    for text in sorted(set(chunks["texts"]), key=lambda t: index_of.get(t, len(index_of))):
+        rows = np.array([t == text for t in chunks["texts"]])
+        result["per_task"][str(index_of.get(text))] = {
+            "task": text,
+            "swapped_to": swap_to[text],
+            **swap_block(*(a[rows] for a in arrays), groups),
+        }
+    result["summary"] = swap_summary(result)
+    return result
+
+
+def swap_summary(swap: dict) -> str:
+    numbers = (
+        f"swapping the instruction changes the predicted chunk by MSE {swap['change_mse']:.3g} "
+        f"({fmt_ratio(swap['change_vs_resample'])} the spread between two noise draws, "
+        f"{fmt_ratio(swap['change_vs_error'])} the policy's error), and with the wrong instruction the error "
+        f"is {fmt_ratio(swap['swapped_vs_true_error'])} the error with the right one"
+    )
+    head = (
+        "The policy follows the instruction"
+        if swap["follows_instruction"]
+        else "The policy does not follow the instruction"
+    )
+    return f"{head}: {numbers}."
 
 
 # --- evaluation -------------------------------------------------------------------------------
-def evaluate_checkpoint(checkpoint: Path, dataset: LeRobotDataset, out: Path, *, episodes_to_plot: int = 3,
-                        stride: int = 1, batch_size: int = 8, device: str = "auto", seed: int = 0) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path,
+    dataset: LeRobotDataset,
+    out: Path,
+    *,
+    episodes_to_plot: int = 3,
+    stride: int = 1,
+    batch_size: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
     plan = check_compatible(checkpoint, dataset)
     import torch  # imported only once the inputs are known to be good
 
@@ -234,49 +449,74 @@ def evaluate_checkpoint(checkpoint: Path, dataset: LeRobotDataset, out: Path, *,
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same metrics on any device
     horizon = int(config_value(policy.config, "action_horizon"))
     size = int(config_value(policy.config, "image_size"))
-    groups = [(g.name, g.start, g.end) for g in dataset.groups("action")]
-    state_groups = [(g.name, g.start, g.end) for g in dataset.groups("state")]
+    # Group positions in the raw vectors the policy reads (for G1 these include the eef and teleop columns).
+    state_layout, action_layout = dataset_layouts(dataset)
+    groups = [(g.name, g.positions.start, g.positions.stop) for g in action_layout.groups]
+    state_groups = [(g.name, g.positions.start, g.positions.stop) for g in state_layout.groups]
     hold_ok = state_groups == groups
     if plan["train"]:
         mean_action = train_mean_action(dataset, plan["train"])
         mean_source = f"mean action over the {len(plan['train'])} train episodes' frames (split.json)"
     else:
-        mean_action = np.asarray(policy.stats[ACTION]["mean"], np.float64)
+        mean_action = action_layout.stat(policy.stats, "mean")
         mean_source = "action mean of the checkpoint's stats.json (split.json lists no train episodes)"
 
     errors = {"policy": [], "mean_action": [], "hold_state": []}
     per_episode, latencies, plotted = {}, [], []
+    # Every chunk, for the per-task metrics and the instruction swap (datasets with >= 2 tasks).
+    chunks = {"predicted": [], "truth": [], "hold": [], "texts": [], "episodes": [], "swapped": [], "resampled": []}
+    swap_to, resample = swap_targets(dataset), torch.Generator().manual_seed(seed + 1)
     warmed_up = False
     for episode_index in tqdm(plan["heldout"], desc="eval episodes", unit="ep"):
         ep = load_episode(dataset, episode_index, plan["video_keys"], size)
         starts = list(range(0, len(ep.action) - horizon + 1, stride))
         if not starts:
-            raise PosttrainError(f"{dataset.parquet_path(episode_index)}: held-out episode {episode_index} has "
-                                 f"{len(ep.action)} frames, fewer than the action horizon {horizon}")
+            raise PosttrainError(
+                f"{dataset.parquet_path(episode_index)}: held-out episode {episode_index} has "
+                f"{len(ep.action)} frames, fewer than the action horizon {horizon}"
+            )
         predicted = []
         for b in range(0, len(starts), batch_size):
-            idx = np.asarray(starts[b:b + batch_size])
+            idx = np.asarray(starts[b : b + batch_size])
             images, state, texts = ep.frames[idx], ep.state[idx], [ep.texts[i] for i in idx]
             if not warmed_up:  # first call pays for lazy init / allocator warm-up: keep it out of latency
                 policy.predict(images, state, texts, generator=torch.Generator().manual_seed(seed))
                 warmed_up = True
+            noise = generator.get_state()  # the swapped instruction gets the same noise
             t0 = time.perf_counter()
             chunk = np.asarray(policy.predict(images, state, texts, generator=generator), np.float64)
             latencies += [(time.perf_counter() - t0) * 1000 / len(idx)] * len(idx)
             if chunk.shape != (len(idx), horizon, ep.action.shape[1]):
-                raise PosttrainError(f"{checkpoint}: predict returned shape {chunk.shape}, expected "
-                                     f"({len(idx)}, {horizon}, {ep.action.shape[1]})")
+                raise PosttrainError(
+                    f"{checkpoint}: predict returned shape {chunk.shape}, expected "
+                    f"({len(idx)}, {horizon}, {ep.action.shape[1]})"
+                )
             predicted.append(chunk)
+            chunks["texts"] += texts
+            if swap_to:
+                swapped, resampled = swap_predictions(policy, images, state, texts, swap_to, noise, resample)
+                chunks["swapped"].append(swapped)
+                chunks["resampled"].append(resampled)
         predicted = np.concatenate(predicted)
-        truth = np.stack([ep.action[i:i + horizon] for i in starts]).astype(np.float64)
+        truth = np.stack([ep.action[i : i + horizon] for i in starts]).astype(np.float64)
         hold = np.repeat(ep.state[starts][:, None, :].astype(np.float64), horizon, axis=1)
         errors["policy"].append(predicted - truth)
         errors["mean_action"].append(mean_action[None, None, :] - truth)
         if hold_ok:
             errors["hold_state"].append(hold - truth)
+        for key, value in (
+            ("predicted", predicted),
+            ("truth", truth),
+            ("hold", hold),
+            ("episodes", np.full(len(starts), episode_index)),
+        ):
+            chunks[key].append(value)
         per_episode[str(episode_index)] = {
-            "chunks": len(starts), "policy_mse": mse(predicted - truth),
-            "mean_action_mse": mse(mean_action - truth), "hold_state_mse": mse(hold - truth) if hold_ok else None}
+            "chunks": len(starts),
+            "policy_mse": mse(predicted - truth),
+            "mean_action_mse": mse(mean_action - truth),
+            "hold_state_mse": mse(hold - truth) if hold_ok else None,
+        }
         if len(plotted) < episodes_to_plot:
             plotted.append((ep.index, ep.action, np.asarray(starts), predicted))  # frames not kept
 
@@ -294,14 +534,18 @@ def evaluate_checkpoint(checkpoint: Path, dataset: LeRobotDataset, out: Path, *,
         "hold_state": error_summary(np.concatenate(errors["hold_state"]), groups) if hold_ok else None,
         "baselines": {
             "mean_action": mean_source,
-            "hold_state": "state at step i repeated for all H steps" if hold_ok else
-                          "not applicable: state and action groups differ in modality.json",
+            "hold_state": "state at step i repeated for all H steps"
+            if hold_ok
+            else "not applicable: state and action groups differ in modality.json",
         },
         "per_episode": per_episode,
         "latency_ms_per_chunk": latency_summary(latencies, batch_size, device),
         "seed": seed,
     }
     metrics["verdict"] = verdict(metrics["policy"], {k: metrics[k] for k in ("mean_action", "hold_state")})
+    chunks.update({k: np.concatenate(v) for k, v in chunks.items() if k != "texts" and v})
+    metrics["per_task"] = per_task_metrics(dataset, chunks, groups, hold_ok, plan["train"], mean_action, mean_source)
+    metrics["instruction_swap"] = instruction_swap(dataset, chunks, swap_to, groups) if swap_to else None
     out.mkdir(parents=True, exist_ok=True)
     plot_horizon_error(metrics, out / "horizon_error.png")
     plot_trajectories(plotted, groups, horizon, out / "trajectories.png")
@@ -332,10 +576,15 @@ def mse(err: np.ndarray) -> float:
 
 def error_summary(err: np.ndarray, groups: list[tuple[str, int, int]]) -> dict:
     """err: (N chunks, H, D) prediction minus truth."""
+
     def block(e):
-        return {"mse": mse(e), "mae": float(np.mean(np.abs(e))),
-                "mse_per_step": np.mean(np.square(e), axis=(0, 2)).tolist(),
-                "mae_per_step": np.mean(np.abs(e), axis=(0, 2)).tolist()}
+        return {
+            "mse": mse(e),
+            "mae": float(np.mean(np.abs(e))),
+            "mse_per_step": np.mean(np.square(e), axis=(0, 2)).tolist(),
+            "mae_per_step": np.mean(np.abs(e), axis=(0, 2)).tolist(),
+        }
+
     summary = block(err)
     summary["groups"] = {name: block(err[:, :, a:b]) for name, a, b in groups}
     return summary
@@ -343,21 +592,32 @@ def error_summary(err: np.ndarray, groups: list[tuple[str, int, int]]) -> dict:
 
 def latency_summary(latencies: list[float], batch_size: int, device: str) -> dict:
     values = np.asarray(latencies)
-    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
-            "p90": float(np.percentile(values, 90)), "batch_size": batch_size, "device": device,
-            "note": "wall time of one predict() call divided by the chunks in it; first call excluded"}
+    return {
+        "mean": float(values.mean()),
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "batch_size": batch_size,
+        "device": device,
+        "note": "wall time of one predict() call divided by the chunks in it; first call excluded",
+    }
 
 
 def summary(metrics: dict) -> dict:
-    return {"step": metrics["step"], "mse": metrics["policy"]["mse"], "mae": metrics["policy"]["mae"],
-            "beats_all_baselines": metrics["verdict"]["beats_all_baselines"]}
+    return {
+        "step": metrics["step"],
+        "mse": metrics["policy"]["mse"],
+        "mae": metrics["policy"]["mae"],
+        "beats_all_baselines": metrics["verdict"]["beats_all_baselines"],
+    }
 
 
 # --- verdict ----------------------------------------------------------------------------------
 BASELINE_NAMES = {"mean_action": "mean-action", "hold_state": "hold-state"}
-VERDICT_RULE = ("the policy beats a baseline when policy MSE / baseline MSE < 1 (a tie is not a win); "
-                "overall on the MSE over all chunks, steps and joints, and the same rule per horizon step "
-                "and per action group; beats_all_baselines: it beats every applicable baseline overall")
+VERDICT_RULE = (
+    "the policy beats a baseline when policy MSE / baseline MSE < 1 (a tie is not a win); "
+    "overall on the MSE over all chunks, steps and joints, and the same rule per horizon step "
+    "and per action group; beats_all_baselines: it beats every applicable baseline overall"
+)
 
 
 def mse_ratio(policy_mse: float, baseline_mse: float) -> float | None:
@@ -384,13 +644,20 @@ def verdict(policy: dict, baselines: dict[str, dict | None]) -> dict:
         per_step = [mse_ratio(p, b) for p, b in zip(policy["mse_per_step"], base["mse_per_step"])]
         groups = {g: mse_ratio(policy["groups"][g]["mse"], base["groups"][g]["mse"]) for g in policy["groups"]}
         result[name] = {
-            "ratio": ratio, "beats": wins(ratio),
-            "steps_won": sum(map(wins, per_step)), "steps": len(per_step),
-            "ratio_per_step": per_step, "beats_per_step": [wins(r) for r in per_step],
+            "ratio": ratio,
+            "beats": wins(ratio),
+            "steps_won": sum(map(wins, per_step)),
+            "steps": len(per_step),
+            "ratio_per_step": per_step,
+            "beats_per_step": [wins(r) for r in per_step],
             "groups": {g: {"ratio": r, "beats": wins(r)} for g, r in groups.items()},
         }
-    return {"rule": VERDICT_RULE, "beats_all_baselines": all(v["beats"] for v in result.values()),
-            "baselines": result, "summary": verdict_summary(result)}
+    return {
+        "rule": VERDICT_RULE,
+        "beats_all_baselines": all(v["beats"] for v in result.values()),
+        "baselines": result,
+        "summary": verdict_summary(result),
+    }
 
 
 def verdict_summary(baselines: dict) -> str:
@@ -398,8 +665,11 @@ def verdict_summary(baselines: dict) -> str:
     lost = [BASELINE_NAMES[n] for n, v in baselines.items() if not v["beats"]]
     named = lost or [BASELINE_NAMES[n] for n in baselines]
     plural = "s" if len(named) > 1 else ""
-    head = (f"The policy does not beat the {' and '.join(named)} baseline{plural}" if lost else
-            f"The policy beats the {' and '.join(named)} baseline{plural}")
+    head = (
+        f"The policy does not beat the {' and '.join(named)} baseline{plural}"
+        if lost
+        else f"The policy beats the {' and '.join(named)} baseline{plural}"
+    )
     ratios = ", ".join(f"{BASELINE_NAMES[n]} {fmt_ratio(v['ratio'])}" for n, v in baselines.items())
     short = []
     for name, v in baselines.items():
@@ -407,8 +677,11 @@ def verdict_summary(baselines: dict) -> str:
         groups = [g for g, r in v["groups"].items() if not r["beats"]]
         where = []
         if steps:
-            where.append(f"at any of the {v['steps']} horizon steps" if len(steps) == v["steps"] else
-                         f"at horizon steps {ranges(steps)} of {v['steps']}")
+            where.append(
+                f"at any of the {v['steps']} horizon steps"
+                if len(steps) == v["steps"]
+                else f"at horizon steps {ranges(steps)} of {v['steps']}"
+            )
         if groups:
             where.append("in any action group" if len(groups) == len(v["groups"]) else f"in {', '.join(groups)}")
         if where:
@@ -435,8 +708,10 @@ def ranges(indices: list[int]) -> str:
 # --- plots ------------------------------------------------------------------------------------
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -444,17 +719,25 @@ def plot_horizon_error(metrics: dict, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(metrics["action_horizon"])
-    for key, label, style in (("policy", "policy", "-o"), ("mean_action", "mean action", "--"),
-                              ("hold_state", "hold current state", ":")):
+    for key, label, style in (
+        ("policy", "policy", "-o"),
+        ("mean_action", "mean action", "--"),
+        ("hold_state", "hold current state", ":"),
+    ):
         if metrics[key] is not None:
             ax.plot(steps, metrics[key]["mse_per_step"], style, label=label, markersize=3)
     ax.set_xlabel("horizon step")
     ax.set_ylabel("MSE (raw units)")
     ax.set_yscale("log")
-    ratios = ", ".join(f"{BASELINE_NAMES[n]} {fmt_ratio(v['ratio'])}{'' if v['beats'] else ' (NOT beaten)'}"
-                       for n, v in metrics["verdict"]["baselines"].items())
-    ax.set_title(f"Open-loop error vs horizon ({metrics['num_chunks']} chunks, "
-                 f"{len(metrics['heldout_episodes'])} held-out episodes)\npolicy/baseline MSE: {ratios}", fontsize=10)
+    ratios = ", ".join(
+        f"{BASELINE_NAMES[n]} {fmt_ratio(v['ratio'])}{'' if v['beats'] else ' (NOT beaten)'}"
+        for n, v in metrics["verdict"]["baselines"].items()
+    )
+    ax.set_title(
+        f"Open-loop error vs horizon ({metrics['num_chunks']} chunks, "
+        f"{len(metrics['heldout_episodes'])} held-out episodes)\npolicy/baseline MSE: {ratios}",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from posttrain import statistics
+from posttrain import stats_math
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, write_json_atomic
 from posttrain.lerobot import LeRobotDataset, read_json, read_jsonl
@@ -60,7 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     export_v3(Path(args.dataset), args.output)
     return 0
 
@@ -71,16 +70,21 @@ def load_source(root: Path) -> tuple[LeRobotDataset, dict, dict[int, dict]]:
     dataset = LeRobotDataset(root)
     meta = dataset.root / "meta"
     if dataset.info.get("codebase_version") != "v2.1":
-        raise PosttrainError(f"{meta / 'info.json'}: codebase_version {dataset.info.get('codebase_version')!r}, "
-                             "expected 'v2.1'")
+        raise PosttrainError(
+            f"{meta / 'info.json'}: codebase_version {dataset.info.get('codebase_version')!r}, expected 'v2.1'"
+        )
     if [e.get("episode_index") for e in dataset.episodes] != list(range(len(dataset.episodes))) or not dataset.episodes:
-        raise PosttrainError(f"{meta / 'episodes.jsonl'}: episodes must be listed as 0, 1, 2, ... "
-                             "(run `posttrain verify` to see what is wrong)")
+        raise PosttrainError(
+            f"{meta / 'episodes.jsonl'}: episodes must be listed as 0, 1, 2, ... "
+            "(run `posttrain verify` to see what is wrong)"
+        )
     if sorted(dataset.tasks) != list(range(len(dataset.tasks))):
         # lerobot 0.4 looks a task up by row position (`tasks.iloc[task_index]`)
-        raise PosttrainError(f"{meta / 'tasks.jsonl'}: task_index values {sorted(dataset.tasks)}; lerobot v3.0 "
-                             f"needs 0..{len(dataset.tasks) - 1} (convert with --task-index 0, config "
-                             "convert.task_index)")
+        raise PosttrainError(
+            f"{meta / 'tasks.jsonl'}: task_index values {sorted(dataset.tasks)}; lerobot v3.0 "
+            f"needs 0..{len(dataset.tasks) - 1} (convert with --task-index 0, config "
+            "convert.task_index)"
+        )
     stats_path, episodes_path = meta / "stats.json", meta / "episodes_stats.jsonl"
     for path in (stats_path, episodes_path):
         if not path.is_file():
@@ -97,14 +101,24 @@ def load_source(root: Path) -> tuple[LeRobotDataset, dict, dict[int, dict]]:
 
 def v3_info(info: dict) -> dict:
     """info.json as lerobot 0.4 writes it for a converted dataset (same features, v3 templates)."""
-    features = {key: (dict(feature) if feature.get("dtype") == "video" else dict(feature, fps=int(info["fps"])))
-                for key, feature in info["features"].items()}
+    features = {
+        key: (dict(feature) if feature.get("dtype") == "video" else dict(feature, fps=int(info["fps"])))
+        for key, feature in info["features"].items()
+    }
     return {
-        "codebase_version": V3, "robot_type": info.get("robot_type"), "total_episodes": info["total_episodes"],
-        "total_frames": info["total_frames"], "total_tasks": info["total_tasks"], "chunks_size": info["chunks_size"],
-        "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB, "fps": int(info["fps"]),
-        "splits": info.get("splits", {}), "data_path": DATA_PATH,
-        "video_path": VIDEO_PATH if info.get("video_path") else None, "features": features,
+        "codebase_version": V3,
+        "robot_type": info.get("robot_type"),
+        "total_episodes": info["total_episodes"],
+        "total_frames": info["total_frames"],
+        "total_tasks": info["total_tasks"],
+        "chunks_size": info["chunks_size"],
+        "data_files_size_in_mb": DATA_FILE_MB,
+        "video_files_size_in_mb": VIDEO_FILE_MB,
+        "fps": int(info["fps"]),
+        "splits": info.get("splits", {}),
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if info.get("video_path") else None,
+        "features": features,
     }
 
 
@@ -112,21 +126,32 @@ def combined_stats(gr00t: dict, episode_stats: list[dict], cameras: list[str]) -
     """GR00T's stats.json, every entry as it is, plus each camera aggregated over the episodes."""
     out = dict(gr00t)
     for key in cameras:
-        aggregated = statistics.aggregate_episode_stats([stats[key] for stats in episode_stats])
+        aggregated = stats_math.aggregate_episode_stats([stats[key] for stats in episode_stats])
         out[key] = {name: np.asarray(value).tolist() for name, value in aggregated.items()}
     return out
 
 
 def tasks_table(tasks: dict[int, str]) -> pa.Table:
     """meta/tasks.parquet as pandas writes lerobot's DataFrame: task_index, indexed by the task text."""
-    table = pa.table({"task_index": pa.array(sorted(tasks), pa.int64()),
-                      "task": pa.array([tasks[i] for i in sorted(tasks)], pa.string())})
+    table = pa.table(
+        {
+            "task_index": pa.array(sorted(tasks), pa.int64()),
+            "task": pa.array([tasks[i] for i in sorted(tasks)], pa.string()),
+        }
+    )
     pandas_meta = {  # what pandas reads to restore the index (pyarrow's pandas metadata)
-        "index_columns": ["task"], "column_indexes": [],
-        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                     "numpy_type": "int64", "metadata": None},
-                    {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                     "metadata": None}],
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
     }
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
@@ -165,10 +190,14 @@ def write_data(dataset: LeRobotDataset, root: Path, rows: list[dict]) -> None:
                 if not table.schema.equals(schema):
                     raise PosttrainError(f"{paths[position]}: columns differ from {paths[group[0]]}'s")
                 writer.write_table(table)  # one row group per episode
-                rows[position].update({"data/chunk_index": where["chunk_index"],
-                                       "data/file_index": where["file_index"],
-                                       "dataset_from_index": first_row,
-                                       "dataset_to_index": first_row + table.num_rows})
+                rows[position].update(
+                    {
+                        "data/chunk_index": where["chunk_index"],
+                        "data/file_index": where["file_index"],
+                        "dataset_from_index": first_row,
+                        "dataset_to_index": first_row + table.num_rows,
+                    }
+                )
                 first_row += table.num_rows
 
 
@@ -182,23 +211,47 @@ def write_videos(dataset: LeRobotDataset, root: Path, rows: list[dict], key: str
         target.parent.mkdir(parents=True, exist_ok=True)
         listing = target.with_suffix(".ffconcat")
         listing.write_text("ffconcat version 1.0\n" + "".join(f"file {concat_quote(paths[p])}\n" for p in group))
-        command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "concat", "-safe", "0",
-                   "-i", str(listing), "-map", "0:v", "-c", "copy", "-movflags", "+faststart", str(target)]
+        command = [
+            FFMPEG,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-map",
+            "0:v",
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(target),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         listing.unlink()
         if result.returncode != 0:
-            raise PosttrainError(f"{target}: ffmpeg could not concatenate the videos of episodes "
-                                 f"{group[0]}..{group[-1]}: {result.stderr.strip()[-300:]}")
+            raise PosttrainError(
+                f"{target}: ffmpeg could not concatenate the videos of episodes "
+                f"{group[0]}..{group[-1]}: {result.stderr.strip()[-300:]}"
+            )
         lengths = [dataset.episodes[p]["length"] for p in group]
         frames = probe(target, count_frames=True).num_frames
         if frames != sum(lengths):
             raise PosttrainError(f"{target}: {frames} frames after concatenation, the episodes have {sum(lengths)}")
         start = 0
         for position, length in zip(group, lengths):
-            rows[position].update({f"videos/{key}/chunk_index": where["chunk_index"],
-                                   f"videos/{key}/file_index": where["file_index"],
-                                   f"videos/{key}/from_timestamp": start / dataset.fps,
-                                   f"videos/{key}/to_timestamp": (start + length) / dataset.fps})
+            rows[position].update(
+                {
+                    f"videos/{key}/chunk_index": where["chunk_index"],
+                    f"videos/{key}/file_index": where["file_index"],
+                    f"videos/{key}/from_timestamp": start / dataset.fps,
+                    f"videos/{key}/to_timestamp": (start + length) / dataset.fps,
+                }
+            )
             start += length
 
 
@@ -211,11 +264,22 @@ def episodes_table(dataset: LeRobotDataset, rows: list[dict], episode_stats: dic
     """meta/episodes rows in the column order of lerobot's converter; stats flattened to stats/{feature}/{stat}."""
     full = []
     for episode, row in zip(dataset.episodes, rows):
-        stats = {f"stats/{feature}/{name}": value
-                 for feature, entry in episode_stats[episode["episode_index"]].items() for name, value in entry.items()}
-        full.append({"episode_index": episode["episode_index"], **row, "tasks": list(episode["tasks"]),
-                     "length": episode["length"], **stats,
-                     "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        stats = {
+            f"stats/{feature}/{name}": value
+            for feature, entry in episode_stats[episode["episode_index"]].items()
+            for name, value in entry.items()
+        }
+        full.append(
+            {
+                "episode_index": episode["episode_index"],
+                **row,
+                "tasks": list(episode["tasks"]),
+                "length": episode["length"],
+                **stats,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
+            }
+        )
     return pa.Table.from_pylist(full)
 
 
@@ -233,10 +297,12 @@ def export_v3(source: Path, output: Path) -> None:
         pq.write_table(tasks_table(dataset.tasks), root / "meta" / "tasks.parquet")
         write_json_atomic(root / "meta" / "info.json", v3_info(dataset.info), indent=4)
         listed = [episode_stats[e["episode_index"]] for e in dataset.episodes]
-        write_json_atomic(root / "meta" / "stats.json", combined_stats(gr00t_stats, listed, dataset.video_keys),
-                          indent=4)
+        write_json_atomic(
+            root / "meta" / "stats.json", combined_stats(gr00t_stats, listed, dataset.video_keys), indent=4
+        )
         for name in COPIED_META:
             if (meta / name).is_file():
                 shutil.copyfile(meta / name, root / "meta" / name)
-    log.info("wrote %s: LeRobot %s, %d episodes, %d frames", output, V3, dataset.num_episodes,
-             dataset.info["total_frames"])
+    log.info(
+        "wrote %s: LeRobot %s, %d episodes, %d frames", output, V3, dataset.num_episodes, dataset.info["total_frames"]
+    )

@@ -62,6 +62,7 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> N
 
 # --- ownership of output directories -----------------------------------------------------------
 
+
 def _entries(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name != MARKER)
 
@@ -71,8 +72,11 @@ def _legacy_layout(path: Path, stage: str) -> bool:
     names = set(_entries(path))
     if stage == "dataset":  # a converted dataset: meta/source.json is ours (Snakemake deletes info.json first)
         meta = path / "meta"
-        return (names <= {"meta", "data", "videos"} and meta.is_dir()
-                and ((meta / "source.json").is_file() or not (meta / "info.json").exists()))
+        return (
+            names <= {"meta", "data", "videos"}
+            and meta.is_dir()
+            and ((meta / "source.json").is_file() or not (meta / "info.json").exists())
+        )
     if stage == "convert-shard":
         return names <= {"data", "videos", "shard.json"}
     if stage == "eval":  # (Snakemake deletes the declared metrics.json and plots first)
@@ -129,8 +133,9 @@ def check_output(final: str | os.PathLike, stage: str, inputs: Iterable = ()) ->
         raise PosttrainError(f"--output {given}: cannot replace the root directory")
     cwd = Path.cwd().resolve()
     if _related(real, cwd) in ("is", "contains"):
-        raise PosttrainError(f"--output {given}: {_related(real, cwd)} the current directory; "
-                             "give a new directory for the output")
+        raise PosttrainError(
+            f"--output {given}: {_related(real, cwd)} the current directory; give a new directory for the output"
+        )
     for item in inputs:
         if item is None:
             continue
@@ -139,11 +144,14 @@ def check_output(final: str | os.PathLike, stage: str, inputs: Iterable = ()) ->
             raise PosttrainError(f"--output {given} {relation} the input {item}; choose another output directory")
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         kind = "a symbolic link" if final.is_symlink() else "a file"
-        raise PosttrainError(f"--output {given}: {kind} is there, not a directory; remove it or choose another "
-                             "output directory")
+        raise PosttrainError(
+            f"--output {given}: {kind} is there, not a directory; remove it or choose another output directory"
+        )
     if not is_own_output(final, stage):
-        raise PosttrainError(f"--output {given}: the directory exists and {_describe(final)}; this stage only "
-                             "replaces its own outputs: remove it or choose another output directory")
+        raise PosttrainError(
+            f"--output {given}: the directory exists and {_describe(final)}; this stage only "
+            "replaces its own outputs: remove it or choose another output directory"
+        )
     return final
 
 
@@ -172,8 +180,9 @@ def output_lock(final: Path):
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise PosttrainError(f"{final}: another run is writing this output (pid {holder}, lock "
-                                 f"{lock}); wait for it to finish") from None
+            raise PosttrainError(
+                f"{final}: another run is writing this output (pid {holder}, lock {lock}); wait for it to finish"
+            ) from None
         except OSError:  # a file system without locks (some network mounts): write unlocked
             break
         try:

@@ -11,10 +11,12 @@ reads go to disk when it does not fit), so memory does not multiply by workers x
 Layout (written to a temporary directory renamed at the end):
     FRAMES_DIR/camera-K.npy   (total_frames, S, S, 3) uint8, camera K of index.json, rows in
                               meta/episodes.jsonl order (np.load(path, mmap_mode="r") by hand)
-    FRAMES_DIR/index.json     image size, cameras, each episode's first row and length, and the
-                              byte size of every source video (a stale directory is refused)
-The pixels are exactly those of `posttrain.data`'s decode path: the same `read_frames` call
-(ffmpeg scales while decoding, area filter). The trainer reads them with `FrameStore`.
+    FRAMES_DIR/index.json     image size, how frames were fitted to it, cameras, each episode's
+                              first row and length, and the byte size of every source video (a
+                              stale directory is refused)
+The pixels are exactly those of `posttrain.data`'s decode path and of eval: the same
+`decode_camera` call (ffmpeg cuts the centre square and scales it while decoding, area filter;
+see `posttrain.video.square_filter`). The trainer reads them with `FrameStore`.
 """
 
 from __future__ import annotations
@@ -40,15 +42,27 @@ log = logging.getLogger("posttrain.frames")
 FORMAT = 1
 INDEX = "index.json"
 STAGE = "frames"
+# How a camera's H x W frames become the policy's S x S: its centre square, scaled. Frames made
+# before non-square cameras were cropped (stretched instead) lack the key: refused for such cameras.
+FIT = "centre-square"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET_DIR", type=Path, help="LeRobot v2.1 dataset directory")
-    parser.add_argument("--image-size", type=int, required=True,
-                        help="square size the policy reads (its preset's image_size: tiny 64, base 224)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        required=True,
+        help="square size the policy reads (its preset's image_size: tiny 64, base 224); "
+        "a non-square camera gives its centre square",
+    )
     parser.add_argument("--output", type=Path, required=True, help="frames directory to write")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="videos decoded at once (each by its own ffmpeg process; default: CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="videos decoded at once (each by its own ffmpeg process; default: CPU count)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,9 +88,15 @@ def plan_index(dataset: LeRobotDataset, image_size: int) -> dict:
     for row in dataset.episodes:
         episodes.append({"episode_index": row["episode_index"], "offset": offset, "length": row["length"]})
         offset += row["length"]
-    return {"format": FORMAT, "image_size": image_size, "total_frames": offset,
-            "cameras": {camera: f"camera-{k}.npy" for k, camera in enumerate(cameras)},
-            "episodes": episodes, "videos": video_sizes(dataset, [e["episode_index"] for e in episodes], cameras)}
+    return {
+        "format": FORMAT,
+        "image_size": image_size,
+        "fit": FIT,
+        "total_frames": offset,
+        "cameras": {camera: f"camera-{k}.npy" for k, camera in enumerate(cameras)},
+        "episodes": episodes,
+        "videos": video_sizes(dataset, [e["episode_index"] for e in episodes], cameras),
+    }
 
 
 def video_sizes(dataset: LeRobotDataset, episodes: list[int], cameras: list[str]) -> dict[str, dict[str, int]]:
@@ -98,21 +118,28 @@ def write_frames(dataset: LeRobotDataset, image_size: int, output: Path, workers
     with atomic_directory(output, STAGE, inputs=[dataset.root]) as tmp:
         free = shutil.disk_usage(tmp).free
         if needed > free:
-            raise PosttrainError(f"{output}: needs {needed / 2**30:.2f} GiB for {index['total_frames']} frames × "
-                                 f"{len(index['cameras'])} camera(s) at {image_size}², {free / 2**30:.2f} GiB free")
+            raise PosttrainError(
+                f"{output}: needs {needed / 2**30:.2f} GiB for {index['total_frames']} frames × "
+                f"{len(index['cameras'])} camera(s) at {image_size}², {free / 2**30:.2f} GiB free"
+            )
         files = {}
         try:
             for camera, name in index["cameras"].items():
-                header = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.uint8,
-                                                   shape=(index["total_frames"], image_size, image_size, 3))
+                header = np.lib.format.open_memmap(
+                    tmp / name, mode="w+", dtype=np.uint8, shape=(index["total_frames"], image_size, image_size, 3)
+                )
                 files[camera] = (os.open(tmp / name, os.O_WRONLY), header.offset)
                 del header  # the file has its header and full (sparse) length; rows are written with pwrite
             jobs = [(episode, camera) for episode in index["episodes"] for camera in index["cameras"]]
-            with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool, \
-                    tqdm(total=len(jobs), desc="frames", unit="video") as progress:
+            with (
+                concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool,
+                tqdm(total=len(jobs), desc="frames", unit="video") as progress,
+            ):
                 # Threads suffice: ffmpeg decodes and scales in its own process, Python only copies bytes.
-                futures = [pool.submit(decode_into, dataset, episode, camera, image_size, *files[camera])
-                           for episode, camera in jobs]
+                futures = [
+                    pool.submit(decode_into, dataset, episode, camera, image_size, *files[camera])
+                    for episode, camera in jobs
+                ]
                 try:
                     for future in concurrent.futures.as_completed(futures):
                         future.result()
@@ -124,18 +151,27 @@ def write_frames(dataset: LeRobotDataset, image_size: int, output: Path, workers
             for fd, _ in files.values():
                 os.close(fd)
         write_json_atomic(tmp / INDEX, index, indent=None)
-    log.info("wrote %s: %d frames × %d camera(s) at %d² (%.2f GiB)", output, index["total_frames"],
-             len(index["cameras"]), image_size, needed / 2**30)
+    log.info(
+        "wrote %s: %d frames × %d camera(s) at %d² (%.2f GiB)",
+        output,
+        index["total_frames"],
+        len(index["cameras"]),
+        image_size,
+        needed / 2**30,
+    )
 
 
-def decode_into(dataset: LeRobotDataset, episode: dict, camera: str, image_size: int, fd: int,
-                data_offset: int) -> None:
+def decode_into(
+    dataset: LeRobotDataset, episode: dict, camera: str, image_size: int, fd: int, data_offset: int
+) -> None:
     """Decode one episode's camera at image_size² and write its rows into the camera's array."""
     episode_index, rows = episode["episode_index"], episode["length"]
-    video = dataset.read_video(episode_index, camera, size=(image_size, image_size))  # as posttrain.data decodes
+    video = decode_camera(dataset, episode_index, camera, image_size)
     if len(video) != rows:
-        raise PosttrainError(f"{dataset.video_path(episode_index, camera)}: episode {episode_index}: "
-                             f"{len(video)} video frames, expected {rows} (meta/episodes.jsonl length)")
+        raise PosttrainError(
+            f"{dataset.video_path(episode_index, camera)}: episode {episode_index}: "
+            f"{len(video)} video frames, expected {rows} (meta/episodes.jsonl length)"
+        )
     data = memoryview(np.ascontiguousarray(video)).cast("B")
     position = data_offset + episode["offset"] * image_size * image_size * 3
     try:
@@ -144,9 +180,22 @@ def decode_into(dataset: LeRobotDataset, episode: dict, camera: str, image_size:
             data, position = data[written:], position + written
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise PosttrainError(f"{dataset.video_path(episode_index, camera)}: episode {episode_index}: "
-                                 "no space left on the device of the frames directory") from None
+            raise PosttrainError(
+                f"{dataset.video_path(episode_index, camera)}: episode {episode_index}: "
+                "no space left on the device of the frames directory"
+            ) from None
         raise
+
+
+def decode_camera(dataset: LeRobotDataset, episode_index: int, camera: str, image_size: int) -> np.ndarray:
+    """One episode's camera as the policy sees it: (T, S, S, 3) uint8, the centre square scaled to S.
+
+    The one decode call of every path that feeds the native policy (this stage, the trainer without
+    frames, eval), so that they all see the same pixels.
+    """
+    from posttrain.video import read_square_frames  # decoding is only needed by some readers
+
+    return read_square_frames(dataset.video_path(episode_index, camera), image_size)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -178,24 +227,38 @@ class FrameStore:
         if index.get("format") != FORMAT:
             raise PosttrainError(f"{where}: format {index.get('format')}, expected {FORMAT}; re-make it with {make}")
         if index["image_size"] != self.image_size:
-            raise PosttrainError(f"{where}: frames are {index['image_size']}², the policy reads {self.image_size}²; "
-                                 f"make them with {make}")
+            raise PosttrainError(
+                f"{where}: frames are {index['image_size']}², the policy reads {self.image_size}²; "
+                f"make them with {make}"
+            )
         missing = [c for c in self.cameras if c not in index["cameras"]]
         if missing:
             raise PosttrainError(f"{where}: no frames of camera(s) {missing}; re-make it with {make}")
+        shapes = {c: dataset.info["features"][c].get("shape", [0, 0])[:2] for c in self.cameras}
+        stretched = [c for c, (h, w) in shapes.items() if h != w]
+        if stretched and index.get("fit") != FIT:
+            raise PosttrainError(
+                f"{where}: camera(s) {stretched} are not square and these frames were stretched "
+                f"to {self.image_size}² by an older posttrain (now: the centre square); "
+                f"re-make them with {make}"
+            )
         for row in dataset.episodes:
             if row["episode_index"] not in self._rows:
-                raise PosttrainError(f"{where}: no episode {row['episode_index']}: made from another dataset; "
-                                     f"re-make it with {make}")
+                raise PosttrainError(
+                    f"{where}: no episode {row['episode_index']}: made from another dataset; re-make it with {make}"
+                )
             rows = self._rows[row["episode_index"]][1]
             if rows != row["length"]:
-                raise PosttrainError(f"{where}: episode {row['episode_index']}: {rows} frames, meta/episodes.jsonl "
-                                     f"says length {row['length']}: made from another dataset; re-make it with {make}")
+                raise PosttrainError(
+                    f"{where}: episode {row['episode_index']}: {rows} frames, meta/episodes.jsonl "
+                    f"says length {row['length']}: made from another dataset; re-make it with {make}"
+                )
         for name, size in ((n, s) for c in self.cameras for n, s in index["videos"][c].items()):
             path = dataset.root / name
             if not path.is_file() or path.stat().st_size != size:
-                raise PosttrainError(f"{path}: not the video these frames were decoded from ({where}); "
-                                     f"re-make them with {make}")
+                raise PosttrainError(
+                    f"{path}: not the video these frames were decoded from ({where}); re-make them with {make}"
+                )
 
     def _data_offset(self, path: Path, total_frames: int) -> int:
         try:
@@ -228,8 +291,10 @@ class FrameStore:
 def read_index(root: Path) -> dict:
     path = root / INDEX
     if not path.is_file():
-        raise PosttrainError(f"{root}: not a frames directory ({INDEX} missing); make it with "
-                             "`posttrain frames DATASET --image-size S --output DIR`")
+        raise PosttrainError(
+            f"{root}: not a frames directory ({INDEX} missing); make it with "
+            "`posttrain frames DATASET --image-size S --output DIR`"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as err:

@@ -22,17 +22,22 @@ def main() -> int:
         print("train: no GPUs requested (resources.gpu=0): the trainer runs on what it finds", file=sys.stderr)
         return 0
     if os.environ.get("POSTTRAIN_SKIP_GPU_CHECK") == "1":
-        print(f"train: {wanted} GPU(s) requested, CUDA_VISIBLE_DEVICES={visible}; "
-              "check skipped (POSTTRAIN_SKIP_GPU_CHECK=1)", file=sys.stderr)
+        print(
+            f"train: {wanted} GPU(s) requested, CUDA_VISIBLE_DEVICES={visible}; "
+            "check skipped (POSTTRAIN_SKIP_GPU_CHECK=1)",
+            file=sys.stderr,
+        )
         return 0
     import torch
 
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if found < wanted:
-        print(f"error: train asks for {wanted} GPU(s) (resources.gpu from the profile) but this node has "
-              f"{found} CUDA device(s) visible to torch (CUDA_VISIBLE_DEVICES={visible}); run on a node "
-              "with that many GPUs or use the profile that matches this machine (no profile: CPU)",
-              file=sys.stderr)
+        print(
+            f"error: train asks for {wanted} GPU(s) (resources.gpu from the profile) but this node has "
+            f"{found} CUDA device(s) visible to torch (CUDA_VISIBLE_DEVICES={visible}); run on a node "
+            "with that many GPUs or use the profile that matches this machine (no profile: CPU)",
+            file=sys.stderr,
+        )
         return 2
     print(f"train: {wanted} GPU(s) requested, {found} visible (CUDA_VISIBLE_DEVICES={visible})", file=sys.stderr)
     return 0

@@ -68,8 +68,9 @@ def color_jitter_pairs(params) -> list[str]:
         params = dict(zip(values[::2], values[1::2]))
     unknown = sorted(set(params) - set(JITTER_KEYS))
     if unknown:
-        raise PosttrainError(f"--color-jitter-params: unknown key {unknown[0]!r}, expected one of "
-                             f"{', '.join(JITTER_KEYS)}")
+        raise PosttrainError(
+            f"--color-jitter-params: unknown key {unknown[0]!r}, expected one of {', '.join(JITTER_KEYS)}"
+        )
     return [item for key in JITTER_KEYS if key in params for item in (key, str(params[key]))]
 
 
@@ -95,37 +96,49 @@ def build_command(args, output_dir: Path) -> list[str]:
     repo = Path(args.gr00t_repo).resolve()
     script = repo / LAUNCH_SCRIPT
     if not script.is_file():
-        raise PosttrainError(f"{script}: not found: --gr00t-repo {args.gr00t_repo} is not an Isaac-GR00T "
-                             "checkout (need gr00t/experiment/launch_finetune.py, n1.6-release)")
-    gpus = args.num_gpus
-    if gpus < 1:
-        raise PosttrainError(f"--num-gpus {gpus}: the gr00t backend needs at least one GPU")
+        raise PosttrainError(
+            f"{script}: not found: --gr00t-repo {args.gr00t_repo} is not an Isaac-GR00T "
+            "checkout (need gr00t/experiment/launch_finetune.py, n1.6-release)"
+        )
+    gpus = args.num_gpus  # >= 1 (posttrain train's parser)
     # Our --global-batch-size is the batch per optimizer step, as in the native trainer. GR00T's is
     # the batch of one forward pass over all GPUs, which its --gradient-accumulation-steps multiplies.
     accumulation = args.gradient_accumulation_steps
     if accumulation < 1 or args.global_batch_size % (gpus * accumulation):
-        raise PosttrainError(f"--global-batch-size {args.global_batch_size} is not divisible by --num-gpus {gpus} "
-                             f"x --gradient-accumulation-steps {accumulation} (GR00T splits the batch evenly over "
-                             "the GPUs and the accumulation steps)")
+        raise PosttrainError(
+            f"--global-batch-size {args.global_batch_size} is not divisible by --num-gpus {gpus} "
+            f"x --gradient-accumulation-steps {accumulation} (GR00T splits the batch evenly over "
+            "the GPUs and the accumulation steps)"
+        )
     if gpus == 1:
         launcher = [_interpreter(repo, "python")]
     else:
         launcher = [_interpreter(repo, "torchrun"), f"--nproc_per_node={gpus}", "--standalone"]
     flags = [
-        "--base-model-path", str(args.base_model_path),
-        "--dataset-path", str(Path(args.dataset).resolve()),
-        "--output-dir", str(Path(output_dir).resolve()),
+        "--base-model-path",
+        str(args.base_model_path),
+        "--dataset-path",
+        str(Path(args.dataset).resolve()),
+        "--output-dir",
+        str(Path(output_dir).resolve()),
     ]
     if args.modality_config_path:
         flags += ["--modality-config-path", str(Path(args.modality_config_path).resolve())]
     flags += [
-        "--embodiment-tag", str(args.embodiment_tag),
-        "--num-gpus", str(gpus),
-        "--global-batch-size", str(args.global_batch_size // accumulation),
-        "--max-steps", str(args.max_steps),
-        "--save-steps", str(args.save_steps),
-        "--save-total-limit", str(args.save_total_limit),
-        "--dataloader-num-workers", str(args.dataloader_num_workers),
+        "--embodiment-tag",
+        str(args.embodiment_tag),
+        "--num-gpus",
+        str(gpus),
+        "--global-batch-size",
+        str(args.global_batch_size // accumulation),
+        "--max-steps",
+        str(args.max_steps),
+        "--save-steps",
+        str(args.save_steps),
+        "--save-total-limit",
+        str(args.save_total_limit),
+        "--dataloader-num-workers",
+        str(args.dataloader_num_workers),
         _bool_flag("tune-llm", args.tune_llm),
         _bool_flag("tune-visual", args.tune_visual),
         _bool_flag("tune-projector", args.tune_projector),
@@ -139,10 +152,14 @@ def build_command(args, output_dir: Path) -> list[str]:
     if args.state_dropout_prob:  # GR00T's default is 0; the seed commands leave it out
         flags += ["--state-dropout-prob", str(args.state_dropout_prob)]
     flags += [
-        "--learning-rate", str(args.learning_rate),
-        "--weight-decay", str(args.weight_decay),
-        "--warmup-ratio", str(args.warmup_ratio),
-        "--gradient-accumulation-steps", str(args.gradient_accumulation_steps),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--weight-decay",
+        str(args.weight_decay),
+        "--warmup-ratio",
+        str(args.warmup_ratio),
+        "--gradient-accumulation-steps",
+        str(args.gradient_accumulation_steps),
     ]
     return [*launcher, str(script), *flags]
 
@@ -155,21 +172,37 @@ def check_gpus(wanted: int) -> None:
 
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if found < wanted:
-        raise PosttrainError(f"--num-gpus {wanted}: this machine has {found} CUDA device(s) visible to torch "
-                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
+        raise PosttrainError(
+            f"--num-gpus {wanted}: this machine has {found} CUDA device(s) visible to torch "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
+        )
 
 
 def check_dataset(dataset: Path) -> None:
     for name in ("info.json", "modality.json", "stats.json"):
         if not (dataset / "meta" / name).is_file():
-            raise PosttrainError(f"{dataset / 'meta' / name}: not found: --dataset must be a converted LeRobot "
-                                 "v2.1 dataset with stats (posttrain convert, posttrain stats)")
+            raise PosttrainError(
+                f"{dataset / 'meta' / name}: not found: --dataset must be a converted LeRobot "
+                "v2.1 dataset with stats (posttrain convert, posttrain stats)"
+            )
 
 
 # The options that reach GR00T and change what it computes (not: paths, GPU count, workers, saving).
-RUN_DEFINING = ("base_model_path", "embodiment_tag", "global_batch_size", "gradient_accumulation_steps",
-                "max_steps", "learning_rate", "weight_decay", "warmup_ratio", "state_dropout_prob", "tune_llm",
-                "tune_visual", "tune_projector", "tune_diffusion_model")
+RUN_DEFINING = (
+    "base_model_path",
+    "embodiment_tag",
+    "global_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "learning_rate",
+    "weight_decay",
+    "warmup_ratio",
+    "state_dropout_prob",
+    "tune_llm",
+    "tune_visual",
+    "tune_projector",
+    "tune_diffusion_model",
+)
 
 
 def run_identity(args) -> dict:
@@ -203,7 +236,6 @@ def other_runs(run_dir: Path, current: Path) -> list[Path]:
 
 
 def launch(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     check_dataset(Path(args.dataset))
     run_dir = Path(args.output)
     identity = run_identity(args)
@@ -218,8 +250,12 @@ def launch(args) -> int:
         log.warning("set aside %s (--no-resume): moved to %s", out.name, target)
     others = other_runs(run_dir, out)
     if others and not out.exists():
-        log.warning("%s is another run (%s): kept; this run trains in %s", others[-1],
-                    differences(read_identity(others[-1]), identity), out)
+        log.warning(
+            "%s is another run (%s): kept; this run trains in %s",
+            others[-1],
+            differences(read_identity(others[-1]), identity),
+            out,
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / IDENTITY, identity)
     existing = checkpoints(out)
@@ -237,7 +273,15 @@ def launch(args) -> int:
         raise PosttrainError(f"{out}: {LAUNCH_SCRIPT.name} finished but wrote no checkpoint-* directory")
     final = done[-1]
     step = int(CHECKPOINT.match(final.name).group(1))
-    write_json_atomic(run_dir / "DONE.json", {"final_checkpoint": f"{out.name}/{final.name}", "step": step,
-                                              "backend": "gr00t", "identity": identity["id"], "command": command})
+    write_json_atomic(
+        run_dir / "DONE.json",
+        {
+            "final_checkpoint": f"{out.name}/{final.name}",
+            "step": step,
+            "backend": "gr00t",
+            "identity": identity["id"],
+            "command": command,
+        },
+    )
     log.info("done: %s", final)
     return 0

@@ -1,6 +1,7 @@
 """Hugging Face Hub: fetch a dataset source into the workflow's data directory, push results back.
 
-    posttrain hub download --repo-id R [--repo-type dataset] [--revision REV] --format hdf5 --path FILE --output raw.hdf5
+    posttrain hub download --repo-id R [--repo-type dataset] [--revision REV] --format hdf5 --path FILE \
+                           --output raw.hdf5
     posttrain hub download --repo-id R [--repo-type dataset] [--revision REV] --format lerobot \
                            --include 'task/lerobot/**' [--include ...] --output DATASET_DIR
     posttrain hub upload --repo-id R --repo-type dataset|model PATH [--path-in-repo P] [--exclude GLOB]
@@ -50,12 +51,19 @@ def add_arguments(parser) -> None:
     d.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     d.add_argument("--format", required=True, choices=["hdf5", "lerobot"])
     d.add_argument("--path", default=None, help="hdf5: the file in the repository")
-    d.add_argument("--include", action="append", default=None,
-                   help="lerobot: glob of the dataset's files in the repository (repeatable)")
+    d.add_argument(
+        "--include",
+        action="append",
+        default=None,
+        help="lerobot: glob of the dataset's files in the repository (repeatable)",
+    )
     d.add_argument("--output", type=Path, required=True, help="hdf5: file to write; lerobot: dataset directory")
     u = sub.add_parser("upload", help="upload a dataset or checkpoint directory (or one file)")
-    u.add_argument("path", type=Path, help="dataset or checkpoint directory, a file, or a run directory "
-                   "with DONE.json (its final checkpoint)")
+    u.add_argument(
+        "path",
+        type=Path,
+        help="dataset or checkpoint directory, a file, or a run directory with DONE.json (its final checkpoint)",
+    )
     u.add_argument("--repo-id", required=True)
     u.add_argument("--repo-type", required=True, choices=["dataset", "model"])
     u.add_argument("--path-in-repo", default="", help="folder in the repository (default: its root)")
@@ -63,16 +71,22 @@ def add_arguments(parser) -> None:
     u.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
     u.add_argument("--private", action="store_true", help="create the repository private if it does not exist")
     u.add_argument("--commit-message", default=None)
-    u.add_argument("--license", default="apache-2.0", help="license in the card (a Hub license id; default "
-                   "apache-2.0, as lerobot's push_to_hub)")
-    u.add_argument("--eval-metrics", type=Path, default=None,
-                   help="model: `posttrain eval` metrics.json for the card (default: the workflow's "
-                        "results/<ds>/eval/<run>/metrics.json, if it evaluated this checkpoint)")
+    u.add_argument(
+        "--license",
+        default="apache-2.0",
+        help="license in the card (a Hub license id; default apache-2.0, as lerobot's push_to_hub)",
+    )
+    u.add_argument(
+        "--eval-metrics",
+        type=Path,
+        default=None,
+        help="model: `posttrain eval` metrics.json for the card (default: the workflow's "
+        "results/<ds>/eval/<run>/metrics.json, if it evaluated this checkpoint)",
+    )
     u.add_argument("--dry-run", action="store_true", help="print the planned file operations; no network")
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_repo_id(args.repo_id)  # offline, and the same for --dry-run as for a real upload
     if args.action == "download":
         if args.format == "hdf5":
@@ -93,11 +107,19 @@ def run(args) -> int:
         what = ", generated card" if op is operations[-1] and card is not None else ""
         print(f"add {op.path_in_repo} ({operation_size(op)} bytes{what})")
     total = sum(operation_size(op) for op in operations)
-    print(f"{len(operations)} files, {total} bytes -> {args.repo_type} {args.repo_id}"
-          f"{'' if args.dry_run else ' (uploading)'}")
+    print(
+        f"{len(operations)} files, {total} bytes -> {args.repo_type} {args.repo_id}"
+        f"{'' if args.dry_run else ' (uploading)'}"
+    )
     if not args.dry_run:
-        upload(operations, args.repo_id, args.repo_type, args.revision, args.private,
-               args.commit_message or f"Upload {args.path.name} with posttrain")
+        upload(
+            operations,
+            args.repo_id,
+            args.repo_type,
+            args.revision,
+            args.private,
+            args.commit_message or f"Upload {args.path.name} with posttrain",
+        )
     return 0
 
 
@@ -108,8 +130,9 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PosttrainError(f"--repo-id {repo_id!r}: not a valid Hub repository id: "
-                             f"{' '.join(str(err).split())}") from None
+        raise PosttrainError(
+            f"--repo-id {repo_id!r}: not a valid Hub repository id: {' '.join(str(err).split())}"
+        ) from None
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -120,13 +143,22 @@ def describe(repo_id: str, repo_type: str, revision: str | None) -> str:
 def hub_error(err: Exception, where: str) -> PosttrainError:
     """One line for any Hub failure: what was asked for, and why it failed (never a token)."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     offline = constants.is_offline_mode()
     if isinstance(err, LocalEntryNotFoundError):
-        reason = ("not in the local Hub cache and HF_HUB_OFFLINE=1 (download it once online, or point "
-                  "HF_HUB_CACHE at a cache that has it)" if offline else "not found in the cache and the Hub "
-                  "could not be reached")
+        reason = (
+            "not in the local Hub cache and HF_HUB_OFFLINE=1 (download it once online, or point "
+            "HF_HUB_CACHE at a cache that has it)"
+            if offline
+            else "not found in the cache and the Hub could not be reached"
+        )
     elif isinstance(err, GatedRepoError):
         reason = "gated repository: accept its terms on the Hub and log in (HF_TOKEN or `hf auth login`)"
     elif isinstance(err, RepositoryNotFoundError):
@@ -166,14 +198,21 @@ def download_lerobot(repo_id: str, repo_type: str, revision: str | None, include
     except Exception as err:
         raise hub_error(err, f"{where}: {' '.join(include)}") from None
     # Offline, snapshot_download returns the whole cached snapshot: filter here as well.
-    files = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*")
-                   if p.is_file() and any(fnmatch.fnmatch(p.relative_to(snapshot).as_posix(), g) for g in include))
-    roots = sorted({f[: -len("meta/info.json")] for f in files if f == "meta/info.json" or f.endswith("/meta/info.json")})
+    files = sorted(
+        p.relative_to(snapshot).as_posix()
+        for p in snapshot.rglob("*")
+        if p.is_file() and any(fnmatch.fnmatch(p.relative_to(snapshot).as_posix(), g) for g in include)
+    )
+    roots = sorted(
+        {f[: -len("meta/info.json")] for f in files if f == "meta/info.json" or f.endswith("/meta/info.json")}
+    )
     if not files:
         raise PosttrainError(f"{where}: no files match --include {' '.join(include)}")
     if len(roots) != 1:
-        raise PosttrainError(f"{where}: --include {' '.join(include)} matches {len(roots)} LeRobot datasets "
-                             f"(meta/info.json at {roots or 'none'}); it must select exactly one")
+        raise PosttrainError(
+            f"{where}: --include {' '.join(include)} matches {len(roots)} LeRobot datasets "
+            f"(meta/info.json at {roots or 'none'}); it must select exactly one"
+        )
     root = roots[0]
     for needed in ("meta/info.json", "meta/episodes.jsonl", "meta/tasks.jsonl", "meta/modality.json"):
         if root + needed not in files:
@@ -183,7 +222,7 @@ def download_lerobot(repo_id: str, repo_type: str, revision: str | None, include
         for name in files:
             if not name.startswith(root):
                 continue
-            rel = name[len(root):]
+            rel = name[len(root) :]
             if rel in RECOMPUTED_META:
                 skipped.append(rel)
                 continue
@@ -193,8 +232,15 @@ def download_lerobot(repo_id: str, repo_type: str, revision: str | None, include
                 shutil.copyfile(snapshot / name, dst)  # small, and later stages may rewrite meta/ in place
             else:
                 link_or_copy(snapshot / name, dst)
-    log.info("%s: %s -> %s (snapshot %s, %d files; not copied, recomputed by `posttrain stats`: %s)", where,
-             root or "/", output, snapshot.name, len(files) - len(skipped), ", ".join(skipped) or "none")
+    log.info(
+        "%s: %s -> %s (snapshot %s, %d files; not copied, recomputed by `posttrain stats`: %s)",
+        where,
+        root or "/",
+        output,
+        snapshot.name,
+        len(files) - len(skipped),
+        ", ".join(skipped) or "none",
+    )
     return output
 
 
@@ -239,14 +285,18 @@ def plan_upload(path: Path, path_in_repo: str, exclude: list[str]):
     if path.is_file():
         files = [(path, path.name)]
     else:
-        files = [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        files = [
+            (p, p.relative_to(path).as_posix())
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
     operations = []
     for local, rel in files:
         if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(local.name, g) for g in exclude):
             continue
-        operations.append(CommitOperationAdd(path_in_repo=f"{prefix}/{rel}" if prefix else rel,
-                                             path_or_fileobj=str(local)))
+        operations.append(
+            CommitOperationAdd(path_in_repo=f"{prefix}/{rel}" if prefix else rel, path_or_fileobj=str(local))
+        )
     if not operations:
         raise PosttrainError(f"{path}: no files to upload")
     return operations
@@ -259,8 +309,7 @@ def upload(operations, repo_id: str, repo_type: str, revision: str | None, priva
     where = describe(repo_id, repo_type, revision)
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
-                                 revision=revision)
+        info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, revision=revision)
     except Exception as err:
         raise hub_error(err, where) from None
     log.info("%s: committed %d files: %s", where, len(operations), info.commit_url)
@@ -272,6 +321,7 @@ CARD_TAGS = ["LeRobot", "GR00T", "isaac-lab"]
 
 def card_operation(text: str):
     from huggingface_hub import CommitOperationAdd
+
     return CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=text.encode())
 
 
@@ -308,8 +358,12 @@ def dataset_card(root: Path, repo_id: str, license: str) -> str:
     version = info.get("codebase_version")
     cameras = [k for k, v in info.get("features", {}).items() if v.get("dtype") == "video"]
     tasks = sorted({t for line in _jsonl(root / "meta" / "episodes.jsonl") for t in line.get("tasks", [])})
-    fields = {"license": license, "task_categories": ["robotics"], "tags": CARD_TAGS,
-              "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}]}
+    fields = {
+        "license": license,
+        "task_categories": ["robotics"],
+        "tags": CARD_TAGS,
+        "configs": [{"config_name": "default", "data_files": "data/*/*.parquet"}],
+    }
     lines = [
         front_matter(fields),
         f"# {repo_id.split('/')[-1]}",
@@ -327,23 +381,38 @@ def dataset_card(root: Path, repo_id: str, license: str) -> str:
         f"- **Tasks:** {'; '.join(tasks) or 'none listed'}",
     ]
     if source:
-        lines.append(f"- **Source:** Isaac Lab Mimic demos {source.get('hdf5')} (embodiment "
-                     f"{source.get('embodiment')}, drop_frame {source.get('drop_frame')}); meta/source.json "
-                     "maps episodes to demos")
+        lines.append(
+            f"- **Source:** Isaac Lab Mimic demos {source.get('hdf5')} (embodiment "
+            f"{source.get('embodiment')}, drop_frame {source.get('drop_frame')}); meta/source.json "
+            "maps episodes to demos"
+        )
     lines.append(f"- **License:** {license}")
-    load = (f'from lerobot.datasets.lerobot_dataset import LeRobotDataset\n'
-            f'dataset = LeRobotDataset("{repo_id}")')
+    load = f'from lerobot.datasets.lerobot_dataset import LeRobotDataset\ndataset = LeRobotDataset("{repo_id}")'
     reader = "lerobot 0.3.x" if version == "v2.1" else "lerobot >= 0.4"
     lines += ["", "## How to use", "", f"With {reader}:", "", "```python", load, "```", ""]
     if version == "v2.1":
-        lines += ["With GR00T N1.6: download it and pass the directory as `--dataset-path` to "
-                  "`gr00t/experiment/launch_finetune.py`.", ""]
+        lines += [
+            "With GR00T N1.6: download it and pass the directory as `--dataset-path` to "
+            "`gr00t/experiment/launch_finetune.py`.",
+            "",
+        ]
     else:
-        lines += ["For GR00T N1.6, convert it back to v2.1 with GR00T's "
-                  "`scripts/lerobot_conversion/convert_v3_to_v2.py`; meta/modality.json and GR00T's "
-                  "stats are kept for that.", ""]
-    lines += ["## Dataset structure", "", "[meta/info.json](meta/info.json):", "", "```json",
-              json.dumps(info, indent=4), "```", ""]
+        lines += [
+            "For GR00T N1.6, convert it back to v2.1 with GR00T's "
+            "`scripts/lerobot_conversion/convert_v3_to_v2.py`; meta/modality.json and GR00T's "
+            "stats are kept for that.",
+            "",
+        ]
+    lines += [
+        "## Dataset structure",
+        "",
+        "[meta/info.json](meta/info.json):",
+        "",
+        "```json",
+        json.dumps(info, indent=4),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -373,8 +442,12 @@ def eval_metrics(checkpoint: Path, given: Path | None) -> tuple[dict, Path] | No
         return None
     metrics = read_json_file(found)
     if metrics.get("step") != checkpoint_step(checkpoint):
-        log.warning("%s evaluated step %s, not this checkpoint (%s): not in the card", found, metrics.get("step"),
-                    checkpoint.name)
+        log.warning(
+            "%s evaluated step %s, not this checkpoint (%s): not in the card",
+            found,
+            metrics.get("step"),
+            checkpoint.name,
+        )
         return None
     return metrics, found
 
@@ -385,11 +458,17 @@ def model_card(checkpoint: Path, repo_id: str, license: str, metrics: tuple[dict
     gr00t = checkpoint / "experiment_cfg" / "config.yaml"
     model = checkpoint / "model_config.json"
     config = read_json_file(train) if train.is_file() else {}
-    fields = {"license": license, "pipeline_tag": "robotics",
-              "tags": ["robotics", *CARD_TAGS, "flow-matching", "posttrain"]}
+    fields = {
+        "license": license,
+        "pipeline_tag": "robotics",
+        "tags": ["robotics", *CARD_TAGS, "flow-matching", "posttrain"],
+    }
     step = checkpoint_step(checkpoint)
-    backend = "Isaac-GR00T N1.6 (launch_finetune.py)" if gr00t.is_file() else (
-        f"posttrain's native GR00T N1.6-style flow-matching policy (preset {config.get('preset', '?')})")
+    backend = (
+        "Isaac-GR00T N1.6 (launch_finetune.py)"
+        if gr00t.is_file()
+        else (f"posttrain's native GR00T N1.6-style flow-matching policy (preset {config.get('preset', '?')})")
+    )
     at_step = f" (step {step})" if step is not None else ""
     on_dataset = f", trained on the dataset `{config['dataset']}`" if config.get("dataset") else ""
     lines = [
@@ -404,8 +483,14 @@ def model_card(checkpoint: Path, repo_id: str, license: str, metrics: tuple[dict
     if config:
         lines += ["[train_config.json](train_config.json):", "", "```json", json.dumps(config, indent=2), "```", ""]
     elif gr00t.is_file():
-        lines += ["[experiment_cfg/config.yaml](experiment_cfg/config.yaml):", "", "```yaml",
-                  gr00t.read_text().rstrip(), "```", ""]
+        lines += [
+            "[experiment_cfg/config.yaml](experiment_cfg/config.yaml):",
+            "",
+            "```yaml",
+            gr00t.read_text().rstrip(),
+            "```",
+            "",
+        ]
     else:
         lines += ["Not recorded in this checkpoint.", ""]
     if model.is_file():
@@ -422,11 +507,18 @@ def model_card(checkpoint: Path, repo_id: str, license: str, metrics: tuple[dict
 def metrics_section(metrics: dict, path: Path) -> list[str]:
     """The policy against the two baselines, as `posttrain eval` reports them."""
     heldout = metrics.get("heldout_episodes") or []
-    lines = [f"Open-loop on {len(heldout)} held-out episode(s), action chunks of {metrics.get('action_horizon')} "
-             f"steps, step {metrics.get('step')}; {metrics.get('units', 'raw action units')}.", "",
-             "| predictor | MSE | MAE |", "|---|---:|---:|"]
-    for key, label in (("policy", "policy"), ("mean_action", "mean-action baseline"),
-                       ("hold_state", "hold-current-state baseline")):
+    lines = [
+        f"Open-loop on {len(heldout)} held-out episode(s), action chunks of {metrics.get('action_horizon')} "
+        f"steps, step {metrics.get('step')}; {metrics.get('units', 'raw action units')}.",
+        "",
+        "| predictor | MSE | MAE |",
+        "|---|---:|---:|",
+    ]
+    for key, label in (
+        ("policy", "policy"),
+        ("mean_action", "mean-action baseline"),
+        ("hold_state", "hold-current-state baseline"),
+    ):
         block = metrics.get(key)
         if isinstance(block, dict) and "mse" in block:
             lines.append(f"| {label} | {block['mse']:.6g} | {block.get('mae', float('nan')):.6g} |")

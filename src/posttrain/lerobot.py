@@ -37,9 +37,16 @@ FLOAT_LIST = pa.list_(pa.field("element", pa.float32()))  # the child name panda
 DOUBLE_LIST = pa.list_(pa.field("element", pa.float64()))  # G1's eef poses
 
 
-def episode_columns(state: np.ndarray, action: np.ndarray, episode_index: int, first_index: int,
-                    fps: int, task_index: int, annotation_key: str = DEFAULT_ANNOTATION,
-                    extra: dict[str, np.ndarray] | None = None) -> pa.Table:
+def episode_columns(
+    state: np.ndarray,
+    action: np.ndarray,
+    episode_index: int,
+    first_index: int,
+    fps: int,
+    task_index: int,
+    annotation_key: str = DEFAULT_ANNOTATION,
+    extra: dict[str, np.ndarray] | None = None,
+) -> pa.Table:
     """The parquet table of one episode, in the column order and arrow types of the golden episodes.
 
     `extra`: an embodiment's own (T, D) columns, float32 or float64 as given (G1's eef poses and
@@ -52,8 +59,11 @@ def episode_columns(state: np.ndarray, action: np.ndarray, episode_index: int, f
     def float_lists(values: np.ndarray, dtype=np.float32) -> pa.Array:
         values = np.ascontiguousarray(values, dtype=dtype)
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)),
-                                        type=DOUBLE_LIST if values.dtype == np.float64 else FLOAT_LIST)
+        return pa.ListArray.from_arrays(
+            pa.array(offsets),
+            pa.array(values.reshape(-1)),
+            type=DOUBLE_LIST if values.dtype == np.float64 else FLOAT_LIST,
+        )
 
     columns = {
         STATE: float_lists(state),
@@ -94,8 +104,11 @@ def tabular_features(table: pa.Table, names: dict[str, list[str]] | None = None)
         else:
             dtype, shape = np.dtype(field.type.to_pandas_dtype()).name, [1]
         column_names = (names or {}).get(field.name)
-        features[field.name] = {"dtype": dtype, "shape": shape,
-                                "names": list(column_names) if column_names is not None else None}
+        features[field.name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "names": list(column_names) if column_names is not None else None,
+        }
     return features
 
 
@@ -108,18 +121,38 @@ def video_feature(height: int, width: int, fps: float, codec: str = "h264", pix_
         "shape": [height, width, 3],
         "names": ["height", "width", "channels"],
         "video_info": {
-            "video.width": width, "video.height": height, "video.fps": float(fps), "video.codec": codec,
-            "video.pix_fmt": pix_fmt, "video.channels": 3, "video.is_depth_map": False, "has_audio": False,
+            "video.width": width,
+            "video.height": height,
+            "video.fps": float(fps),
+            "video.codec": codec,
+            "video.pix_fmt": pix_fmt,
+            "video.channels": 3,
+            "video.is_depth_map": False,
+            "has_audio": False,
         },
         "info": {
-            "video.height": height, "video.width": width, "video.codec": codec, "video.pix_fmt": pix_fmt,
-            "video.is_depth_map": False, "video.fps": round(fps), "video.channels": 3, "has_audio": False,
+            "video.height": height,
+            "video.width": width,
+            "video.codec": codec,
+            "video.pix_fmt": pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": round(fps),
+            "video.channels": 3,
+            "has_audio": False,
         },
     }
 
 
-def build_info(*, robot_type: str | None, episode_lengths: list[int], num_tasks: int, fps: int,
-               chunks_size: int, features: dict, video_keys: list[str]) -> dict:
+def build_info(
+    *,
+    robot_type: str | None,
+    episode_lengths: list[int],
+    num_tasks: int,
+    fps: int,
+    chunks_size: int,
+    features: dict,
+    video_keys: list[str],
+) -> dict:
     """info.json with true totals: chunks in use (≥ 1) and a split covering every episode."""
     n = len(episode_lengths)
     return {
@@ -160,6 +193,7 @@ def read_json(path: Path) -> dict:
 @dataclass(frozen=True)
 class Group:
     """A modality.json group: a [start, end) slice of a parquet column."""
+
     name: str
     column: str
     start: int
@@ -201,8 +235,10 @@ class LeRobotDataset:
     def groups(self, kind: str) -> list[Group]:
         """State or action groups in modality.json key order (the order GR00T concatenates them)."""
         default_column = STATE if kind == "state" else ACTION
-        return [Group(name, spec.get("original_key", default_column), spec["start"], spec["end"])
-                for name, spec in self.modality[kind].items()]
+        return [
+            Group(name, spec.get("original_key", default_column), spec["start"], spec["end"])
+            for name, spec in self.modality[kind].items()
+        ]
 
     @cached_property
     def stats(self) -> dict:
@@ -229,8 +265,9 @@ class LeRobotDataset:
 
     def video_path(self, episode_index: int, video_key: str) -> Path:
         chunk = episode_index // self.info["chunks_size"]
-        return self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=video_key,
-                                                          episode_index=episode_index)
+        return self.root / self.info["video_path"].format(
+            episode_chunk=chunk, video_key=video_key, episode_index=episode_index
+        )
 
     def read_table(self, episode_index: int, columns: list[str] | None = None) -> pa.Table:
         path = self.parquet_path(episode_index)
@@ -246,6 +283,7 @@ class LeRobotDataset:
 
     def read_video(self, episode_index: int, video_key: str, size: tuple[int, int] | None = None) -> np.ndarray:
         from posttrain.video import read_frames  # decoding is only needed by some readers
+
         return read_frames(self.video_path(episode_index, video_key), size)
 
 

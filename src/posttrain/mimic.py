@@ -24,8 +24,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -199,8 +199,9 @@ class MimicFile:
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
             kind = "NaN" if np.isnan(values[row, col]) else "inf"
-            raise self.error(f"{demo}/{key}", f"{kind} at row {row}, column {col} "
-                                              f"({int(bad.any(axis=1).sum())} bad rows)")
+            raise self.error(
+                f"{demo}/{key}", f"{kind} at row {row}, column {col} ({int(bad.any(axis=1).sum())} bad rows)"
+            )
         return values
 
     def check_camera(self, demo: str, camera: str, length: int | None = None) -> tuple[int, int, int]:
@@ -218,10 +219,16 @@ class MimicFile:
             raise self.error(f"{demo}/{key}", f"{t} frames, but the action has {length} rows")
         return int(t), int(h), int(w)
 
-    def check(self, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
-              cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
-              action_dims: int | None = 36, demos: list[str] | None = None,
-              extra: dict[str, int] | None = None) -> dict[str, int]:
+    def check(
+        self,
+        state_key: str = DEFAULT_STATE_KEY,
+        action_key: str = DEFAULT_ACTION_KEY,
+        cameras: Iterable[str] = (DEFAULT_CAMERA,),
+        state_dims: int | None = 54,
+        action_dims: int | None = 36,
+        demos: list[str] | None = None,
+        extra: dict[str, int] | None = None,
+    ) -> dict[str, int]:
         """Validate every demo, or those in `demos` (no image is read); return {demo: T} in numeric demo order.
 
         Checks: state/action present, float, (T, dims), finite; T >= 2 and equal across state,
@@ -239,20 +246,30 @@ class MimicFile:
         total = self.data.attrs.get("total")
         if every and total is not None and int(total) != sum(lengths.values()):
             # Not fatal: merged or filtered files keep a stale total; nothing reads it.
-            log.warning("%s: data: attr total=%s but the demos hold %d samples", self.name, total,
-                        sum(lengths.values()))
+            log.warning(
+                "%s: data: attr total=%s but the demos hold %d samples", self.name, total, sum(lengths.values())
+            )
         return lengths
 
-    def check_demo(self, demo: str, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY,
-                   cameras: Iterable[str] = (DEFAULT_CAMERA,), state_dims: int | None = 54,
-                   action_dims: int | None = 36, extra: dict[str, int] | None = None) -> int:
+    def check_demo(
+        self,
+        demo: str,
+        state_key: str = DEFAULT_STATE_KEY,
+        action_key: str = DEFAULT_ACTION_KEY,
+        cameras: Iterable[str] = (DEFAULT_CAMERA,),
+        state_dims: int | None = 54,
+        action_dims: int | None = 36,
+        extra: dict[str, int] | None = None,
+    ) -> int:
         """Validate one demo (see `check`); return its length T."""
         action = self._float_matrix(demo, action_key, action_dims)
         state = self._float_matrix(demo, state_key, state_dims)
         length = action.shape[0]
         if length < 2:
-            raise self.error(f"{demo}/{action_key}", f"{length} rows: a demo needs at least 2 recorded steps "
-                                                     "(one frame is dropped in conversion)")
+            raise self.error(
+                f"{demo}/{action_key}",
+                f"{length} rows: a demo needs at least 2 recorded steps (one frame is dropped in conversion)",
+            )
         if state.shape[0] != length:
             raise self.error(f"{demo}/{state_key}", f"{state.shape[0]} rows, but {action_key} has {length}")
         num_samples = self._demo(demo).attrs.get("num_samples")
@@ -268,14 +285,16 @@ class MimicFile:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def read_state_action(self, demo: str, state_key: str = DEFAULT_STATE_KEY,
-                          action_key: str = DEFAULT_ACTION_KEY) -> tuple[np.ndarray, np.ndarray]:
+    def read_state_action(
+        self, demo: str, state_key: str = DEFAULT_STATE_KEY, action_key: str = DEFAULT_ACTION_KEY
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(state (T, S), action (T, A)) as float32, checked for dtype, equal length and finite values."""
         state_ds = self._float_matrix(demo, state_key, None)
         action_ds = self._float_matrix(demo, action_key, None)
         if state_ds.shape[0] != action_ds.shape[0]:
-            raise self.error(f"{demo}/{state_key}", f"{state_ds.shape[0]} rows, but {action_key} has "
-                                                    f"{action_ds.shape[0]}")
+            raise self.error(
+                f"{demo}/{state_key}", f"{state_ds.shape[0]} rows, but {action_key} has {action_ds.shape[0]}"
+            )
         state = self._finite(self._read(state_ds, demo, state_key), demo, state_key)
         action = self._finite(self._read(action_ds, demo, action_key), demo, action_key)
         return np.ascontiguousarray(state), np.ascontiguousarray(action)
@@ -293,8 +312,9 @@ class MimicFile:
         t, h, w = self.check_camera(demo, camera)
         return t, h, w, 3
 
-    def iter_camera_frames(self, demo: str, camera: str, start: int = 0, stop: int | None = None,
-                           batch: int = 32) -> Iterator[np.ndarray]:
+    def iter_camera_frames(
+        self, demo: str, camera: str, start: int = 0, stop: int | None = None, batch: int = 32
+    ) -> Iterator[np.ndarray]:
         """Yield frames [start, stop) as uint8 (n, H, W, 3) batches of about `batch` frames.
 
         Only one batch is in memory at a time, so a 512² episode of hundreds of frames never has to
@@ -349,6 +369,7 @@ def _batch_starts(start: int, stop: int, batch: int) -> list[int]:
 # chunks itself and inflates them with ISA-L (~4x faster, same zlib stream format). Any other
 # filter pipeline (shuffle, checksums, ...) goes through h5py unchanged.
 
+
 def is_plain_deflate(ds: h5py.Dataset) -> bool:
     """True when the dataset is chunked and its only filter is deflate (gzip)."""
     if ds.chunks is None:
@@ -376,5 +397,6 @@ def read_deflate_chunks(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
             lo, hi = max(row, start), min(row + chunks[0], stop)
             inner = tuple(slice(c, min(c + size, n)) for c, size, n in zip(corner, chunks[1:], shape[1:]))
             out[(slice(lo - start, hi - start), *inner)] = chunk[
-                (slice(lo - row, hi - row), *(slice(0, sl.stop - sl.start) for sl in inner))]
+                (slice(lo - row, hi - row), *(slice(0, sl.stop - sl.start) for sl in inner))
+            ]
     return out

@@ -75,14 +75,17 @@ def run(args) -> int:
 
 # --- HTML helpers -----------------------------------------------------------------------------
 def page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
-            f"</head><body><h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
+        f"</head><body><h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n"
+    )
 
 
 def table(header: list[str], rows: list[list], left_cols: int = 1) -> str:
     def cell(tag, i, v):
         cls = " class='l'" if i < left_cols else ""
         return f"<{tag}{cls}>{html.escape(fmt(v))}</{tag}>"
+
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -111,22 +114,38 @@ def dataset_page(ds: LeRobotDataset) -> str:
         raise PosttrainError(f"{ds.root / 'meta' / 'episodes.jsonl'}: no episodes")
     info = ds.info
     summary = [
-        ["episodes", ds.num_episodes], ["frames", int(lengths.sum())], ["fps", ds.fps],
+        ["episodes", ds.num_episodes],
+        ["frames", int(lengths.sum())],
+        ["fps", ds.fps],
         ["episode length (frames)", f"min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}"],
-        ["duration", f"{lengths.sum() / ds.fps:.1f} s"], ["tasks", "; ".join(ds.tasks.values())],
-        ["robot type", info.get("robot_type")], ["format", info.get("codebase_version")],
+        ["duration", f"{lengths.sum() / ds.fps:.1f} s"],
+        ["tasks", "; ".join(ds.tasks.values())],
+        ["robot type", info.get("robot_type")],
+        ["format", info.get("codebase_version")],
     ]
     cameras = []
     for key in ds.video_keys:
         feature = info["features"][key]
         vi = feature.get("video_info", feature.get("info", {}))
-        cameras.append([key, f"{vi.get('video.width', feature['shape'][1])}x{vi.get('video.height', feature['shape'][0])}",
-                        vi.get("video.fps"), vi.get("video.codec"), vi.get("video.pix_fmt")])
+        cameras.append(
+            [
+                key,
+                f"{vi.get('video.width', feature['shape'][1])}x{vi.get('video.height', feature['shape'][0])}",
+                vi.get("video.fps"),
+                vi.get("video.codec"),
+                vi.get("video.pix_fmt"),
+            ]
+        )
     groups = [[kind, g.name, g.column, f"{g.start}:{g.end}"] for kind in ("state", "action") for g in ds.groups(kind)]
-    body = (table(["", "value"], summary, left_cols=2)
-            + "<h3>Cameras</h3>" + table(["video key", "size", "fps", "codec", "pix_fmt"], cameras, 5)
-            + "<h3>Modality groups (meta/modality.json)</h3>" + table(["kind", "group", "column", "slice"], groups, 4)
-            + "<h3>meta/stats.json</h3>" + stats_tables(ds))
+    body = (
+        table(["", "value"], summary, left_cols=2)
+        + "<h3>Cameras</h3>"
+        + table(["video key", "size", "fps", "codec", "pix_fmt"], cameras, 5)
+        + "<h3>Modality groups (meta/modality.json)</h3>"
+        + table(["kind", "group", "column", "slice"], groups, 4)
+        + "<h3>meta/stats.json</h3>"
+        + stats_tables(ds)
+    )
     return page(f"Dataset {ds.root.parent.name}/{ds.root.name}", body)
 
 
@@ -157,8 +176,10 @@ def verify_page(verify_dir: Path) -> str:
     if previews:
         body += "<h3>Previews</h3>"
         for png in previews:
-            body += (f"<figure><img src='{data_url(png, 'image/png')}' style='max-width:100%'>"
-                     f"<figcaption>{html.escape(png.name)}</figcaption></figure>")
+            body += (
+                f"<figure><img src='{data_url(png, 'image/png')}' style='max-width:100%'>"
+                f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
+            )
     return page(f"Verification: {verify_dir}", body)
 
 
@@ -204,6 +225,7 @@ def training_curves(run_dir: Path, output: Path) -> None:
     log_dir = run_dir / "tensorboard"
     scalars = read_scalars(log_dir if log_dir.is_dir() else run_dir)
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -219,7 +241,7 @@ def training_curves(run_dir: Path, output: Path) -> None:
         ax.set_title(f"{tag} (last {values[-1]:.4g})", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags):]:
+    for ax in list(axes.flat)[len(tags) :]:
         ax.axis("off")
     fig.suptitle(f"Training curves: {run_dir.name}", fontsize=11)
     fig.tight_layout()
@@ -244,18 +266,22 @@ def video_page(ds: LeRobotDataset, episode_index: int, camera: str | None) -> st
     path = ds.video_path(episode_index, camera)
     if not path.is_file():
         raise PosttrainError(f"{path}: video file not found (episode {episode_index}, {camera})")
-    body = (f"<p>Episode {episode_index}, camera <code>{html.escape(camera)}</code>, {meta['length']} frames at "
-            f"{ds.fps} fps. Task: {html.escape('; '.join(meta.get('tasks', [])))}</p>"
-            f"<video controls loop muted width='512' src='{data_url(path, 'video/mp4')}'></video>"
-            f"<p><small>{html.escape(str(path.relative_to(ds.root)))}</small></p>")
+    body = (
+        f"<p>Episode {episode_index}, camera <code>{html.escape(camera)}</code>, {meta['length']} frames at "
+        f"{ds.fps} fps. Task: {html.escape('; '.join(meta.get('tasks', [])))}</p>"
+        f"<video controls loop muted width='512' src='{data_url(path, 'video/mp4')}'></video>"
+        f"<p><small>{html.escape(str(path.relative_to(ds.root)))}</small></p>"
+    )
     return page(f"Episode {episode_index}", body)
 
 
 # --- evaluation metrics -----------------------------------------------------------------------
 BASELINE_LABELS = {"mean_action": "mean action", "hold_state": "hold current state"}
-WHAT_TO_TRY = ("This is information, not a failure: the workflow succeeded, but this checkpoint is not worth "
-               "deploying as it is. Try a longer training budget (train.max_steps or train.epochs), a lower "
-               "train.state_dropout_prob, or a larger train.preset; see the README on reading the verdict.")
+WHAT_TO_TRY = (
+    "This is information, not a failure: the workflow succeeded, but this checkpoint is not worth "
+    "deploying as it is. Try a longer training budget (train.max_steps or train.epochs), a lower "
+    "train.state_dropout_prob, or a larger train.preset; see the README on reading the verdict."
+)
 
 
 def metrics_page(metrics_file: Path) -> str:
@@ -266,24 +292,34 @@ def metrics_page(metrics_file: Path) -> str:
     groups = list(m["policy"]["groups"])
     per_group = [[g] + [v["groups"][g][k] for _, v in methods for k in ("mse", "mae")] for g in groups]
     group_header = ["group"] + [f"{name} {k.upper()}" for name, _ in methods for k in ("mse", "mae")]
-    per_episode = [[ep, e["chunks"], e["policy_mse"], e["mean_action_mse"], e["hold_state_mse"]]
-                   for ep, e in m["per_episode"].items()]
+    per_episode = [
+        [ep, e["chunks"], e["policy_mse"], e["mean_action_mse"], e["hold_state_mse"]]
+        for ep, e in m["per_episode"].items()
+    ]
     lat = m["latency_ms_per_chunk"]
-    body = (verdict_banner(m.get("verdict"))
-            + f"<p>Checkpoint <code>{html.escape(m['checkpoint'])}</code> (step {fmt(m['step'])}), "
-            f"{m['num_chunks']} chunks of {m['action_horizon']} steps from held-out episodes "
-            f"{m['heldout_episodes']} (stride {m['stride']}). Errors in {html.escape(m['units'])}.</p>"
-            + table(["method", "MSE", "MAE", "MSE step 0", f"MSE step {m['action_horizon'] - 1}"], overall)
-            + verdict_tables(m)
-            + "<h3>Per action group</h3>" + table(group_header, per_group)
-            + "<h3>Per held-out episode (MSE)</h3>"
-            + table(["episode", "chunks", "policy", "mean action", "hold state"], per_episode)
-            + "<h3>Inference latency per chunk (ms)</h3>"
-            + table(["mean", "p50", "p90", "batch size"], [[lat["mean"], lat["p50"], lat["p90"], lat["batch_size"]]], 0)
-            + "<h3>Baselines</h3>" + table(["baseline", "definition"], [[k, v] for k, v in m["baselines"].items()], 2))
+    body = (
+        verdict_banner(m.get("verdict"))
+        + f"<p>Checkpoint <code>{html.escape(m['checkpoint'])}</code> (step {fmt(m['step'])}), "
+        f"{m['num_chunks']} chunks of {m['action_horizon']} steps from held-out episodes "
+        f"{m['heldout_episodes']} (stride {m['stride']}). Errors in {html.escape(m['units'])}.</p>"
+        + table(["method", "MSE", "MAE", "MSE step 0", f"MSE step {m['action_horizon'] - 1}"], overall)
+        + verdict_tables(m)
+        + task_tables(m)
+        + swap_tables(m.get("instruction_swap"))
+        + "<h3>Per action group</h3>"
+        + table(group_header, per_group)
+        + "<h3>Per held-out episode (MSE)</h3>"
+        + table(["episode", "chunks", "policy", "mean action", "hold state"], per_episode)
+        + "<h3>Inference latency per chunk (ms)</h3>"
+        + table(["mean", "p50", "p90", "batch size"], [[lat["mean"], lat["p50"], lat["p90"], lat["batch_size"]]], 0)
+        + "<h3>Baselines</h3>"
+        + table(["baseline", "definition"], [[k, v] for k, v in m["baselines"].items()], 2)
+    )
     if m.get("checkpoints"):
-        rows = [[name, s["step"], s["mse"], s["mae"], yes_no(s.get("beats_all_baselines"))]
-                for name, s in m["checkpoints"].items()]
+        rows = [
+            [name, s["step"], s["mse"], s["mae"], yes_no(s.get("beats_all_baselines"))]
+            for name, s in m["checkpoints"].items()
+        ]
         body += "<h3>All checkpoints</h3>" + table(["checkpoint", "step", "MSE", "MAE", "beats all baselines"], rows)
     return page("Open-loop evaluation", body)
 
@@ -291,14 +327,20 @@ def metrics_page(metrics_file: Path) -> str:
 def verdict_banner(verdict: dict | None) -> str:
     """The page's first line: does the policy beat the baselines? Red when it loses to one overall."""
     if verdict is None:
-        return ("<p class='banner warn'>No verdict in metrics.json (written by an older posttrain eval): "
-                "re-run the evaluation.</p>")
+        return (
+            "<p class='banner warn'>No verdict in metrics.json (written by an older posttrain eval): "
+            "re-run the evaluation.</p>"
+        )
     summary = html.escape(verdict["summary"])
     if not verdict["beats_all_baselines"]:
-        return (f"<div class='banner fail'><p>Warning: the policy does not beat every baseline.</p>"
-                f"<p>{summary}</p><p>{html.escape(WHAT_TO_TRY)}</p></div>")
-    mixed = any(b["steps_won"] < b["steps"] or not all(g["beats"] for g in b["groups"].values())
-                for b in verdict["baselines"].values())
+        return (
+            f"<div class='banner fail'><p>Warning: the policy does not beat every baseline.</p>"
+            f"<p>{summary}</p><p>{html.escape(WHAT_TO_TRY)}</p></div>"
+        )
+    mixed = any(
+        b["steps_won"] < b["steps"] or not all(g["beats"] for g in b["groups"].values())
+        for b in verdict["baselines"].values()
+    )
     return f"<p class='banner {'warn' if mixed else 'ok'}'>{summary}</p>"
 
 
@@ -309,21 +351,145 @@ def verdict_tables(m: dict) -> str:
         return ""
     bases = verdict["baselines"]
     labels = [BASELINE_LABELS.get(n, n) for n in bases]
-    overall = [[BASELINE_LABELS.get(n, n), b["ratio"], yes_no(b["beats"]), f"{b['steps_won']} of {b['steps']}",
-                f"{sum(g['beats'] for g in b['groups'].values())} of {len(b['groups'])}"] for n, b in bases.items()]
+    overall = [
+        [
+            BASELINE_LABELS.get(n, n),
+            b["ratio"],
+            yes_no(b["beats"]),
+            f"{b['steps_won']} of {b['steps']}",
+            f"{sum(g['beats'] for g in b['groups'].values())} of {len(b['groups'])}",
+        ]
+        for n, b in bases.items()
+    ]
+
     def pairs(cells):  # (ratio, beats) per baseline -> ratio, yes/no, ratio, yes/no, ...
         return [x for ratio, beats in cells for x in (ratio, yes_no(beats))]
-    steps = [[i, m["policy"]["mse_per_step"][i]]
-             + pairs((b["ratio_per_step"][i], b["beats_per_step"][i]) for b in bases.values())
-             for i in range(m["action_horizon"])]
-    groups = [[g] + pairs((b["groups"][g]["ratio"], b["groups"][g]["beats"]) for b in bases.values())
-              for g in m["policy"]["groups"]]
+
+    steps = [
+        [i, m["policy"]["mse_per_step"][i]]
+        + pairs((b["ratio_per_step"][i], b["beats_per_step"][i]) for b in bases.values())
+        for i in range(m["action_horizon"])
+    ]
+    groups = [
+        [g] + pairs((b["groups"][g]["ratio"], b["groups"][g]["beats"]) for b in bases.values())
+        for g in m["policy"]["groups"]
+    ]
     pair_header = [h for label in labels for h in (f"policy / {label}", "beats")]
-    return ("<h3>Verdict: policy MSE / baseline MSE (below 1: the policy beats the baseline)</h3>"
-            f"<p><small>{html.escape(verdict['rule'])}</small></p>"
-            + table(["baseline", "policy / baseline MSE", "beats", "horizon steps won", "groups won"], overall)
-            + "<h3>Verdict per horizon step</h3>" + table(["step", "policy MSE"] + pair_header, steps)
-            + "<h3>Verdict per action group</h3>" + table(["group"] + pair_header, groups))
+    return (
+        "<h3>Verdict: policy MSE / baseline MSE (below 1: the policy beats the baseline)</h3>"
+        f"<p><small>{html.escape(verdict['rule'])}</small></p>"
+        + table(["baseline", "policy / baseline MSE", "beats", "horizon steps won", "groups won"], overall)
+        + "<h3>Verdict per horizon step</h3>"
+        + table(["step", "policy MSE"] + pair_header, steps)
+        + "<h3>Verdict per action group</h3>"
+        + table(["group"] + pair_header, groups)
+    )
+
+
+def task_tables(m: dict) -> str:
+    """Per task (datasets with two or more tasks): the pooled table's numbers and the verdict, task by task."""
+    tasks = m.get("per_task") or {}
+    if len(tasks) < 2:
+        return ""  # one task: its numbers are the pooled ones above
+    bases = [
+        n
+        for n in ("mean_action", "hold_state")
+        if any(t["verdict"] and t["verdict"]["baselines"].get(n) for t in tasks.values())
+    ]
+    rows, lost, unseen = [], [], []
+    for key, t in tasks.items():
+        if t["verdict"] is None:  # no held-out episode of this task
+            rows.append([key, t["task"], "none", 0] + [None] * (1 + 2 * len(bases)) + [None])
+            unseen.append(f"{key} ({t['task']})")
+            continue
+        ratios = [(t["verdict"]["baselines"].get(n) or {}).get("ratio") for n in bases]
+        rows.append(
+            [key, t["task"], ", ".join(map(str, t["episodes"])), t["num_chunks"], t["policy"]["mse"]]
+            + [(t[n] or {}).get("mse") for n in bases]
+            + ratios
+            + [yes_no(t["verdict"]["beats_all_baselines"])]
+        )
+        if not t["verdict"]["beats_all_baselines"]:
+            lost.append(f"{key} ({t['task']})")
+    labels = [BASELINE_LABELS[n] for n in bases]
+    header = (
+        ["task", "instruction", "held-out episodes", "chunks", "policy MSE"]
+        + [f"{x} MSE" for x in labels]
+        + [f"policy / {x}" for x in labels]
+        + ["beats all baselines"]
+    )
+    note = (
+        f"<p class='warn'>The policy does not beat every baseline on task {'; '.join(map(html.escape, lost))}: "
+        f"the pooled verdict above can hide a task it has not learned.</p>"
+        if lost
+        else ""
+    )
+    if unseen:
+        note += (
+            f"<p class='warn'>No held-out episode of task {'; '.join(map(html.escape, unseen))}: the split holds "
+            f"out the last episodes of the dataset, so this task is not evaluated.</p>"
+        )
+    return (
+        "<h3>Per task (the task of each chunk's first frame; mean action: the task's own train episodes)</h3>"
+        + note
+        + table(header, rows, left_cols=3)
+    )
+
+
+SWAP_READING = (
+    "How to read it: the same held-out chunks are predicted again with another task's instruction, from "
+    "the same noise. A policy that follows the instruction moves its prediction by clearly more than "
+    "drawing other noise does (change / resample well above 1) and errs more with the wrong instruction "
+    "(swapped / true error above 1). Near 1 and 1: the policy ignores the instruction (it predicts from "
+    "the image and state alone), which is fine for one task but not for several that start alike."
+)
+
+
+def swap_tables(swap: dict | None) -> str:
+    """The instruction swap check (datasets with two or more tasks), overall and per task."""
+    if not swap:
+        return ""
+
+    def row(name, s):
+        return [
+            name,
+            s.get("task", "all tasks"),
+            s.get("swapped_to", "the next task"),
+            s["num_chunks"],
+            s["change_mse"],
+            s["resample_mse"],
+            s["policy_mse"],
+            s["swapped_mse"],
+            s["change_vs_resample"],
+            s["change_vs_error"],
+            s["swapped_vs_true_error"],
+            yes_no(s["follows_instruction"]),
+        ]
+
+    rows = [row(key, s) for key, s in swap["per_task"].items()] + [row("all", swap)]
+    header = [
+        "task",
+        "instruction",
+        "swapped to",
+        "chunks",
+        "change MSE",
+        "resample MSE",
+        "policy MSE",
+        "swapped MSE",
+        "change / resample",
+        "change / policy error",
+        "swapped / true error",
+        "follows",
+    ]
+    groups = table(["action group", "change MSE"], [[g, v] for g, v in swap["change_mse_groups"].items()])
+    return (
+        "<h3>Instruction swap: does the policy follow the instruction?</h3>"
+        f"<p class='{'ok' if swap['follows_instruction'] else 'warn'}'>{html.escape(swap['summary'])}</p>"
+        f"<p><small>{html.escape(SWAP_READING)}</small></p>"
+        + table(header, rows, left_cols=3)
+        + "<h4>Change per action group (which joints the instruction moves)</h4>"
+        + groups
+    )
 
 
 def yes_no(value: bool | None) -> str | None:

@@ -98,8 +98,7 @@ def file_record(data_or_path: bytes | Path) -> dict:
 
 def seal(directory: Path, marker: str, text: str) -> None:
     """Write manifest.json (every file's size and checksum, `marker` included), then `marker` last."""
-    files = {p.relative_to(directory).as_posix(): file_record(p)
-             for p in sorted(directory.rglob("*")) if p.is_file()}
+    files = {p.relative_to(directory).as_posix(): file_record(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     files[marker] = file_record(text.encode())
     write_json_atomic(directory / MANIFEST, {"files": files})
     write_text_atomic(directory / marker, text)

@@ -2,12 +2,12 @@
 
 - `meta/stats.json`: for every numeric parquet column (float, int and bool, as in the golden Arena
   episode) {mean, std, min, max, q01, q99} per dimension over all frames, exact (the math and its
-  dtype semantics are in `posttrain.statistics`).
+  dtype semantics are in `posttrain.stats_math`).
 - `meta/episodes_stats.jsonl`: lerobot v2.1 per-episode {min, max, mean, std, count} of the same
   numeric columns (min/max in the column's type), and of every camera the way lerobot computes them:
   per RGB channel on frames scaled to [0, 1], shape (3, 1, 1), over a bounded sample of decoded
   frames (every frame up to 100, then max(100, length**0.75) evenly spaced ones, at most 10,000;
-  sides of 300 px or more strided to ~150 px; `posttrain.statistics.image_sample_indices`). lerobot
+  sides of 300 px or more strided to ~150 px; `posttrain.stats_math.image_sample_indices`). lerobot
   builds a policy's image normaliser from these entries (ACT, Diffusion: `make_policy` fails without them).
 - `meta/relative_stats.json`: only with `--relative-groups`: stats of action chunks minus the current
   state of the same group, shape (horizon, D) per statistic, as GR00T's `generate_rel_stats`.
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from posttrain import statistics
+from posttrain import stats_math
 from posttrain.errors import PosttrainError
 from posttrain.files import write_json_atomic, write_text_atomic
 from posttrain.lerobot import LeRobotDataset, column_to_numpy, jsonl
@@ -43,16 +43,19 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET_DIR", help="LeRobot v2.1 dataset directory")
-    parser.add_argument("--relative-groups", default="",
-                        help="comma-separated action groups that are RELATIVE (action minus current state); "
-                             "writes meta/relative_stats.json")
+    parser.add_argument(
+        "--relative-groups",
+        default="",
+        help="comma-separated action groups that are RELATIVE (action minus current state); "
+        "writes meta/relative_stats.json",
+    )
     parser.add_argument("--action-horizon", type=int, default=16, help="chunk length H for relative stats")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="threads reading parquet files (default: CPU count)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="threads reading parquet files (default: CPU count)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     groups = [g.strip() for g in args.relative_groups.split(",") if g.strip()]
     write_stats(args.dataset, relative_groups=groups, action_horizon=args.action_horizon, workers=args.workers)
     return 0
@@ -66,7 +69,7 @@ def numeric_columns(dataset: LeRobotDataset, episode_index: int) -> list[str]:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as err:
         raise PosttrainError(f"{path}: cannot read episode {episode_index} ({err})") from None
-    return statistics.numeric_columns(schema)
+    return stats_math.numeric_columns(schema)
 
 
 FRAME_BATCH = 200  # sampled frames decoded per ffmpeg pass (one pass per camera up to ~1,200-frame episodes)
@@ -76,7 +79,7 @@ FRAME_BATCH = 200  # sampled frames decoded per ffmpeg pass (one pass per camera
 class EpisodeColumns:
     episode_index: int
     columns: dict[str, np.ndarray]  # (T, D) in the stored dtype
-    stats: dict[str, dict]          # lerobot per-episode stats
+    stats: dict[str, dict]  # lerobot per-episode stats
 
 
 def read_episode(dataset: LeRobotDataset, episode: dict, columns: list[str]) -> EpisodeColumns:
@@ -98,8 +101,10 @@ def read_episode(dataset: LeRobotDataset, episode: dict, columns: list[str]) -> 
             row = int(np.argwhere(~np.isfinite(array))[0][0])
             raise PosttrainError(f"{path}: episode {ep}: column {name}: non-finite value at frame {row}")
         values[name] = array
-    stats = {**camera_stats(dataset, episode),
-             **{name: statistics.episode_stats(array) for name, array in values.items()}}
+    stats = {
+        **camera_stats(dataset, episode),
+        **{name: stats_math.episode_stats(array) for name, array in values.items()},
+    }
     return EpisodeColumns(ep, values, stats)
 
 
@@ -108,19 +113,19 @@ def camera_stats(dataset: LeRobotDataset, episode: dict) -> dict[str, dict]:
     from posttrain.video import read_frames_at  # only datasets with videos decode anything
 
     ep, length = episode["episode_index"], episode["length"]
-    indices = statistics.image_sample_indices(length)
+    indices = stats_math.image_sample_indices(length)
     out = {}
     for key in dataset.video_keys:
         path = dataset.video_path(ep, key)
         sampled = []
         try:
             for start in range(0, len(indices), FRAME_BATCH):
-                frames = read_frames_at(path, indices[start:start + FRAME_BATCH])
-                stride = statistics.downsample_stride(*frames.shape[1:3])
+                frames = read_frames_at(path, indices[start : start + FRAME_BATCH])
+                stride = stats_math.downsample_stride(*frames.shape[1:3])
                 sampled.append(np.ascontiguousarray(frames[:, ::stride, ::stride]))  # drop the full frames
         except PosttrainError as err:
             raise PosttrainError(f"episode {ep}, camera {key}: {err}") from None
-        out[key] = statistics.image_stats(np.concatenate(sampled))
+        out[key] = stats_math.image_stats(np.concatenate(sampled))
     return out
 
 
@@ -141,8 +146,9 @@ def read_all(dataset: LeRobotDataset, workers: int) -> tuple[list[str], dict[str
                 if array.shape[1] != buffers[name].shape[1]:
                     raise PosttrainError(
                         f"{dataset.parquet_path(episode.episode_index)}: episode {episode.episode_index}: column "
-                        f"{name} has {array.shape[1]} values per row, episode 0 has {buffers[name].shape[1]}")
-                buffers[name][offset:offset + len(array)] = array
+                        f"{name} has {array.shape[1]} values per row, episode 0 has {buffers[name].shape[1]}"
+                    )
+                buffers[name][offset : offset + len(array)] = array
             offset += len(next(iter(episode.columns.values())))
             episode_stats.append({"episode_index": episode.episode_index, "stats": episode.stats})
     return columns, buffers, episode_stats
@@ -154,19 +160,25 @@ def check_episode_list(dataset: LeRobotDataset) -> None:
     path = dataset.root / "meta" / "episodes.jsonl"
     for position, episode in enumerate(dataset.episodes):
         if episode.get("episode_index") != position:
-            raise PosttrainError(f"{path}: line {position + 1}: episode_index {episode.get('episode_index')!r}, "
-                                 f"expected {position} (episodes are listed in order from 0)")
+            raise PosttrainError(
+                f"{path}: line {position + 1}: episode_index {episode.get('episode_index')!r}, "
+                f"expected {position} (episodes are listed in order from 0)"
+            )
     listed = {dataset.parquet_path(e["episode_index"]) for e in dataset.episodes}
     unlisted = sorted(set(dataset.root.glob("data/*/*.parquet")) - listed)
     if unlisted:
         names = ", ".join(str(p.relative_to(dataset.root)) for p in unlisted[:3])
-        raise PosttrainError(f"{path}: lists {len(dataset.episodes)} episodes, but {len(unlisted)} more are on disk "
-                             f"({names}{' ...' if len(unlisted) > 3 else ''}); the dataset is incomplete or stale: "
-                             "convert it again")
+        raise PosttrainError(
+            f"{path}: lists {len(dataset.episodes)} episodes, but {len(unlisted)} more are on disk "
+            f"({names}{' ...' if len(unlisted) > 3 else ''}); the dataset is incomplete or stale: "
+            "convert it again"
+        )
     total = dataset.info.get("total_episodes")
     if total != len(dataset.episodes):
-        raise PosttrainError(f"{dataset.root / 'meta' / 'info.json'}: total_episodes={total!r}, but {path.name} "
-                             f"lists {len(dataset.episodes)}")
+        raise PosttrainError(
+            f"{dataset.root / 'meta' / 'info.json'}: total_episodes={total!r}, but {path.name} "
+            f"lists {len(dataset.episodes)}"
+        )
 
 
 # --- relative groups -----------------------------------------------------------------------------
@@ -178,8 +190,9 @@ def relative_group_slices(dataset: LeRobotDataset, names: list[str]):
     out = []
     for name in names:
         if name not in action:
-            raise PosttrainError(f"{modality}: relative group {name!r} is not an action group "
-                                 f"(action groups: {', '.join(action)})")
+            raise PosttrainError(
+                f"{modality}: relative group {name!r} is not an action group (action groups: {', '.join(action)})"
+            )
         if name not in state:
             raise PosttrainError(f"{modality}: relative group {name!r} has no state group of the same name")
         s, a = state[name], action[name]
@@ -189,8 +202,9 @@ def relative_group_slices(dataset: LeRobotDataset, names: list[str]):
     return out
 
 
-def compute_relative_stats(dataset: LeRobotDataset, buffers: dict[str, np.ndarray], names: list[str],
-                           horizon: int) -> dict:
+def compute_relative_stats(
+    dataset: LeRobotDataset, buffers: dict[str, np.ndarray], names: list[str], horizon: int
+) -> dict:
     if horizon < 1:
         raise PosttrainError(f"--action-horizon must be >= 1, got {horizon}")
     lengths = [e["length"] for e in dataset.episodes]
@@ -198,11 +212,14 @@ def compute_relative_stats(dataset: LeRobotDataset, buffers: dict[str, np.ndarra
     for name, s_col, s_slice, a_col, a_slice in relative_group_slices(dataset, names):
         for column in (s_col, a_col):
             if column not in buffers:
-                raise PosttrainError(f"{dataset.root / 'meta/modality.json'}: group {name!r} refers to column "
-                                     f"{column!r}, which is not a numeric parquet column")
+                raise PosttrainError(
+                    f"{dataset.root / 'meta/modality.json'}: group {name!r} refers to column "
+                    f"{column!r}, which is not a numeric parquet column"
+                )
         try:
-            result[name] = statistics.relative_stats(buffers[s_col][:, s_slice], buffers[a_col][:, a_slice],
-                                                     lengths, horizon)
+            result[name] = stats_math.relative_stats(
+                buffers[s_col][:, s_slice], buffers[a_col][:, a_slice], lengths, horizon
+            )
         except ValueError as err:
             raise PosttrainError(f"{dataset.root}: relative stats of group {name!r}: {err}") from None
     return result
@@ -217,9 +234,13 @@ def write_stats(root, relative_groups: list[str] = (), action_horizon: int = 16,
     if relative_groups:  # fail on a bad group name before the expensive pass
         relative_group_slices(dataset, relative_groups)
     columns, buffers, episode_stats = read_all(dataset, workers)
-    log.info("%d episodes, %d frames, columns: %s", len(dataset.episodes), len(next(iter(buffers.values()))),
-             ", ".join(columns))
-    stats = {name: statistics.feature_stats(buffers[name]) for name in tqdm(columns, desc="stats: columns")}
+    log.info(
+        "%d episodes, %d frames, columns: %s",
+        len(dataset.episodes),
+        len(next(iter(buffers.values()))),
+        ", ".join(columns),
+    )
+    stats = {name: stats_math.feature_stats(buffers[name]) for name in tqdm(columns, desc="stats: columns")}
     relative = compute_relative_stats(dataset, buffers, relative_groups, action_horizon) if relative_groups else None
 
     write_json_atomic(meta / "stats.json", stats, indent=4)

@@ -43,11 +43,18 @@ joints, the commanded eef poses, the teleop commands) is a plausible layout; no 
 
 `--motion smooth` (GR1) writes smooth, state-predictable joint motion instead, where holding the
 current state is a strong baseline (see "smooth motion" below).
+
+`--task reach_left` (GR1 reach) is a second task for multi-task datasets: the LEFT hand reaches for
+the target (the mirror image of the right arm's joint targets, `arm_targets`), the right arm only
+echoes it, the left hand grasps, and the camera shows the left hand. For a seed, the plan (targets,
+jumps, grasp) is that of the default `reach_right`, and every demo starts at the same rest pose with
+the hand below the image: from the first frames only the instruction tells which hand should move.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -62,18 +69,19 @@ from tqdm import tqdm
 from posttrain.embodiment import load_embodiment
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_file
+from posttrain.settings import SynthSettings, add_options
 
 log = logging.getLogger(__name__)
 
 ENV_NAME = "Isaac-GR1T2-Synthetic-Reach-v0"
 CAMERA = "robot_pov_cam_rgb"
 INDEX_OFFSET = 1e-3
-LAG = 0.25            # fraction of the remaining distance the joints cover per step
-ARM_RAMP = 10         # steps of a minimum-jerk move to a new target
-HAND_RAMP = 10        # steps to close the hands
-MIN_JUMP = 0.3        # a jump moves the target at least this far (image fraction)
-GRASP_CUE = 16        # steps over which the target turns green before the hands close
-WRITE_BATCH = 32      # frames rendered and written at a time
+LAG = 0.25  # fraction of the remaining distance the joints cover per step
+ARM_RAMP = 10  # steps of a minimum-jerk move to a new target
+HAND_RAMP = 10  # steps to close the hands
+MIN_JUMP = 0.3  # a jump moves the target at least this far (image fraction)
+GRASP_CUE = 16  # steps over which the target turns green before the hands close
+WRITE_BATCH = 32  # frames rendered and written at a time
 
 _SIDES = ("left", "right")
 _ARM = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow_pitch", "wrist_yaw", "wrist_roll", "wrist_pitch")
@@ -82,12 +90,18 @@ _FINGERS = ("index", "middle", "ring", "pinky")
 # Rest pose, by joint name (everything not listed is 0): elbows bent 90°, as in the golden episode's
 # first frame; a slight stance for the legs and the head tilted down to the table.
 REST_POSE = {
-    "left_elbow_pitch_joint": -1.5708, "right_elbow_pitch_joint": -1.5708,
-    "left_hip_pitch_joint": -0.04, "right_hip_pitch_joint": -0.04,
-    "left_knee_pitch_joint": 0.08, "right_knee_pitch_joint": 0.08,
-    "left_ankle_pitch_joint": -0.04, "right_ankle_pitch_joint": -0.04,
-    "left_hip_roll_joint": 0.01, "right_hip_roll_joint": -0.01,
-    "waist_pitch_joint": 0.02, "head_pitch_joint": 0.12,
+    "left_elbow_pitch_joint": -1.5708,
+    "right_elbow_pitch_joint": -1.5708,
+    "left_hip_pitch_joint": -0.04,
+    "right_hip_pitch_joint": -0.04,
+    "left_knee_pitch_joint": 0.08,
+    "right_knee_pitch_joint": 0.08,
+    "left_ankle_pitch_joint": -0.04,
+    "right_ankle_pitch_joint": -0.04,
+    "left_hip_roll_joint": 0.01,
+    "right_hip_roll_joint": -0.01,
+    "waist_pitch_joint": 0.02,
+    "head_pitch_joint": 0.12,
 }
 
 _GR1 = load_embodiment("gr1")
@@ -107,10 +121,15 @@ def _vector(values: dict[str, float], columns: dict[str, int]) -> np.ndarray:
 # starts at 0 and follows).
 THUMB_PRESHAPE = {"R_thumb_proximal_pitch_joint": 0.9, "L_thumb_proximal_pitch_joint": 0.85}
 THUMB_DISTAL_RATIO = 0.8  # the distal thumb joint mimics the proximal pitch
-REST_STATE = _vector(REST_POSE, STATE_COLUMNS).astype(np.float32)          # state[0], offsets aside
-REST_ACTION = _vector({**REST_POSE, **THUMB_PRESHAPE,
-                       **{f"{k[0]}_thumb_distal_joint": THUMB_DISTAL_RATIO * v for k, v in THUMB_PRESHAPE.items()}},
-                      ACTION_COLUMNS).astype(np.float32)                    # processed_actions[0], offsets aside
+REST_STATE = _vector(REST_POSE, STATE_COLUMNS).astype(np.float32)  # state[0], offsets aside
+REST_ACTION = _vector(
+    {
+        **REST_POSE,
+        **THUMB_PRESHAPE,
+        **{f"{k[0]}_thumb_distal_joint": THUMB_DISTAL_RATIO * v for k, v in THUMB_PRESHAPE.items()},
+    },
+    ACTION_COLUMNS,
+).astype(np.float32)  # processed_actions[0], offsets aside
 
 
 def min_jerk(x: np.ndarray) -> np.ndarray:
@@ -136,13 +155,35 @@ def right_arm_targets(u: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def hand_position_in_image(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the right hand appears in the image for sim states (T, 54): the inverse of
-    `right_arm_targets` on the shoulder pitch/roll (the rest pose lies below the image)."""
-    pitch = state[:, STATE_COLUMNS["right_shoulder_pitch_joint"]] - INDEX_OFFSET * STATE_COLUMNS[
-        "right_shoulder_pitch_joint"]
-    roll = state[:, STATE_COLUMNS["right_shoulder_roll_joint"]] - INDEX_OFFSET * STATE_COLUMNS[
-        "right_shoulder_roll_joint"]
+MIRRORED = ("shoulder_roll", "shoulder_yaw", "wrist_yaw", "wrist_roll")  # opposite signs on the left arm
+
+
+def arm_targets(u: np.ndarray, v: np.ndarray, side: str) -> dict[str, np.ndarray]:
+    """Joint targets of the `side` arm for a target at image position (u, v). The left arm's are the
+    mirror image of the right arm's for the target mirrored across the image (u -> 1 - u; roll and
+    yaw joints negated), so that either hand ends up at (u, v) in the image."""
+    if side == "right":
+        return right_arm_targets(u, v)
+    mirrored = right_arm_targets(1 - u, v)
+    return {
+        name.replace("right_", "left_", 1): -value if name.startswith(tuple(f"right_{j}" for j in MIRRORED)) else value
+        for name, value in mirrored.items()
+    }
+
+
+def hand_position_in_image(state: np.ndarray, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """Where the `side` hand appears in the image for sim states (T, 54): the inverse of
+    `arm_targets` on the shoulder pitch/roll (the rest pose lies below the image)."""
+    pitch = (
+        state[:, STATE_COLUMNS[f"{side}_shoulder_pitch_joint"]]
+        - INDEX_OFFSET * STATE_COLUMNS[f"{side}_shoulder_pitch_joint"]
+    )
+    roll = (
+        state[:, STATE_COLUMNS[f"{side}_shoulder_roll_joint"]]
+        - INDEX_OFFSET * STATE_COLUMNS[f"{side}_shoulder_roll_joint"]
+    )
+    if side == "left":
+        return 1 - (0.2 - roll) / 0.45, (pitch + 0.95) / 0.75
     return (roll + 0.2) / 0.45, (pitch + 0.95) / 0.75
 
 
@@ -151,16 +192,16 @@ class SynthEpisode:
     """One generated demo; `targets[t]` is the (u, v) target shown in frame t and used for action t."""
 
     length: int
-    height: int                    # camera frame size in pixels
+    height: int  # camera frame size in pixels
     width: int
-    targets: np.ndarray            # (T, 2) float64, image fractions (u across the width, v down the height)
-    jump_steps: list[int]          # steps at which the target moved
-    grasp_start: int               # step the hands start closing
-    state: np.ndarray              # (T, S) float32  obs/robot_joint_pos
+    targets: np.ndarray  # (T, 2) float64, image fractions (u across the width, v down the height)
+    jump_steps: list[int]  # steps at which the target moved
+    grasp_start: int  # step the hands start closing
+    state: np.ndarray  # (T, S) float32  obs/robot_joint_pos
     processed_actions: np.ndarray  # (T, A) float32
-    actions: np.ndarray            # (T, R) float32  raw env action
-    hand: np.ndarray               # (T, 3) where the hand is drawn (u, v) and how far it has closed (0..1)
-    obs: dict[str, np.ndarray] = field(default_factory=dict)     # other float32 `obs/` datasets
+    actions: np.ndarray  # (T, R) float32  raw env action
+    hand: np.ndarray  # (T, 3) where the hand is drawn (u, v) and how far it has closed (0..1)
+    obs: dict[str, np.ndarray] = field(default_factory=dict)  # other float32 `obs/` datasets
     action: dict[str, np.ndarray] = field(default_factory=dict)  # float32 `action/` datasets (G1)
     camera: str = CAMERA
 
@@ -195,9 +236,10 @@ def _draw_target(rng: np.random.Generator, previous: np.ndarray | None) -> np.nd
 @dataclass
 class Plan:
     """What an episode shows, whatever the robot: its length, targets, their jumps and the grasp."""
+
     length: int
-    goals: list[np.ndarray]   # the targets in the order shown
-    starts: list[int]         # the step each goal appears (0, then the jumps)
+    goals: list[np.ndarray]  # the targets in the order shown
+    starts: list[int]  # the step each goal appears (0, then the jumps)
     grasp_start: int
 
     @property
@@ -245,8 +287,9 @@ def make_plan(rng: np.random.Generator, min_frames: int, max_frames: int) -> Pla
     return Plan(length, goals, [0, *jumps], grasp_start)
 
 
-def follow(action: np.ndarray, rest_state: np.ndarray, state_columns: np.ndarray,
-           action_columns: np.ndarray) -> np.ndarray:
+def follow(
+    action: np.ndarray, rest_state: np.ndarray, state_columns: np.ndarray, action_columns: np.ndarray
+) -> np.ndarray:
     """First-order lag of the state towards the commanded joints; joints without a command stay put."""
     state = np.tile(rest_state.astype(np.float64), (len(action), 1))
     for t in range(1, len(action)):
@@ -265,52 +308,71 @@ def image_size_of(value) -> tuple[int, int]:
     return int(match[1]), int(match[2] or match[1])
 
 
-def make_episode(seed: int, index: int, min_frames: int, max_frames: int, image_size) -> SynthEpisode:
-    """GR1 demo `index` of the file generated with `seed` (each demo has its own generator: [seed, index])."""
+def make_episode(
+    seed: int, index: int, min_frames: int, max_frames: int, image_size, task: str = "reach_right"
+) -> SynthEpisode:
+    """GR1 demo `index` of the file generated with `seed` (each demo has its own generator: [seed, index]).
+    `task` picks the hand that reaches (TASKS); the plan (targets, jumps, grasp) is the same for both."""
     rng = np.random.default_rng([seed, index])
     plan = make_plan(rng, min_frames, max_frames)
     length, steps, targets = plan.length, plan.steps, plan.targets
+    reach, other = TASK_SIDES[task]
 
-    # Commanded right arm: ramps from the previous goal (or rest) to the current one.
-    rest_right = {n: REST_POSE.get(n, 0.0) for n in right_arm_targets(np.zeros(1), np.zeros(1))}
-    command = plan.ramps([right_arm_targets(np.float64(u), np.float64(v)) for u, v in plan.goals], rest_right)
+    # Commanded reaching arm: ramps from the previous goal (or rest) to the current one.
+    rest_reach = {n: REST_POSE.get(n, 0.0) for n in arm_targets(np.zeros(1), np.zeros(1), reach)}
+    command = plan.ramps([arm_targets(np.float64(u), np.float64(v), reach) for u, v in plan.goals], rest_reach)
 
-    # Left arm: a damped echo of the right arm's motion; the signs keep it in the golden episode's ranges.
+    # The other arm: a damped echo of the reaching arm's motion; the signs keep the left arm in the
+    # golden (right-hand) episode's ranges.
     for joint in _ARM:
-        right = command[f"right_{joint}_joint"] - rest_right[f"right_{joint}_joint"]
+        moved = command[f"{reach}_{joint}_joint"] - rest_reach[f"{reach}_{joint}_joint"]
         sign = -1.0 if joint.startswith(("shoulder", "elbow")) else 1.0
-        command[f"left_{joint}_joint"] = REST_POSE.get(f"left_{joint}_joint", 0.0) + 0.15 * sign * right
+        command[f"{other}_{joint}_joint"] = REST_POSE.get(f"{other}_{joint}_joint", 0.0) + 0.15 * sign * moved
 
-    # Hands: thumbs up from the start, fingers close from grasp_start (the left hand only a little).
+    # Hands: thumbs up from the start, fingers close from grasp_start (the other hand only a little).
     close = min_jerk((steps - plan.grasp_start) / HAND_RAMP)
-    for side, scale in (("R", 1.0), ("L", 0.15)):
+    for side, scale in (("R", 1.0 if reach == "right" else 0.15), ("L", 0.15 if reach == "right" else 1.0)):
         for finger, amount in zip(_FINGERS, (-0.5, -0.55, -0.5, -0.6)):
             command[f"{side}_{finger}_proximal_joint"] = scale * amount * close
             command[f"{side}_{finger}_intermediate_joint"] = scale * amount * close  # mimic joint, ratio 1
         command[f"{side}_thumb_proximal_yaw_joint"] = scale * -0.15 * close
-        command[f"{side}_thumb_proximal_pitch_joint"] = THUMB_PRESHAPE[f"{side}_thumb_proximal_pitch_joint"] \
-            + scale * 0.15 * close
+        command[f"{side}_thumb_proximal_pitch_joint"] = (
+            THUMB_PRESHAPE[f"{side}_thumb_proximal_pitch_joint"] + scale * 0.15 * close
+        )
         command[f"{side}_thumb_distal_joint"] = THUMB_DISTAL_RATIO * command[f"{side}_thumb_proximal_pitch_joint"]
 
     action = np.tile(REST_ACTION.astype(np.float64), (length, 1))
     for name, values in command.items():
         action[:, ACTION_COLUMNS[name]] = values
     # First-order lag on every commanded joint; joints without a command (legs, waist, head) stay put.
-    state = follow(action, REST_STATE, np.array([STATE_COLUMNS[n] for n in ACTION_COLUMNS]),
-                   np.array([ACTION_COLUMNS[n] for n in ACTION_COLUMNS]))
+    state = follow(
+        action,
+        REST_STATE,
+        np.array([STATE_COLUMNS[n] for n in ACTION_COLUMNS]),
+        np.array([ACTION_COLUMNS[n] for n in ACTION_COLUMNS]),
+    )
 
     state += INDEX_OFFSET * np.arange(state.shape[1])
     action += INDEX_OFFSET * np.arange(action.shape[1])
     state, action = state.astype(np.float32), action.astype(np.float32)
 
-    hand_u, hand_v = hand_position_in_image(state)
-    closing = np.clip(-(state[:, STATE_COLUMNS["R_index_proximal_joint"]]
-                        - INDEX_OFFSET * STATE_COLUMNS["R_index_proximal_joint"]) / 0.6, 0, 1)
+    hand_u, hand_v = hand_position_in_image(state, reach)  # the camera shows the reaching hand
+    finger = STATE_COLUMNS[f"{reach[0].upper()}_index_proximal_joint"]
+    closing = np.clip(-(state[:, finger] - INDEX_OFFSET * finger) / 0.6, 0, 1)
     height, width = image_size_of(image_size)
-    return SynthEpisode(length=length, height=height, width=width, targets=targets, jump_steps=plan.starts[1:],
-                        grasp_start=plan.grasp_start, state=state, processed_actions=action,
-                        actions=_raw_actions(targets, action), hand=np.stack([hand_u, hand_v, closing], axis=1),
-                        obs=_observations(state))
+    return SynthEpisode(
+        length=length,
+        height=height,
+        width=width,
+        targets=targets,
+        jump_steps=plan.starts[1:],
+        grasp_start=plan.grasp_start,
+        state=state,
+        processed_actions=action,
+        actions=_raw_actions(targets, action, reach),
+        hand=np.stack([hand_u, hand_v, closing], axis=1),
+        obs=_observations(state, reach),
+    )
 
 
 def _eef(u: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
@@ -326,24 +388,36 @@ def _quat(n: int, tilt) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def _raw_actions(targets: np.ndarray, action: np.ndarray) -> np.ndarray:
+def _eef_pair(u: np.ndarray, v: np.ndarray, reach: str) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) end-effector positions with the `reach` hand at image position (u, v) and the
+    other one near rest. A left reach is the right one mirrored (u -> 1 - u, y -> -y)."""
+    n = len(u)
+    idle = _eef(np.full(n, 0.5), np.full(n, 1.0), "left")
+    if reach == "right":
+        return idle, _eef(u, v, "right")
+    mirror = np.array([1.0, -1.0, 1.0])
+    return _eef(1 - u, v, "right") * mirror, idle * mirror
+
+
+def _raw_actions(targets: np.ndarray, action: np.ndarray, reach: str = "right") -> np.ndarray:
     """gr1_pink-style raw action: left eef pos+quat, right eef pos+quat (IK targets), 22 hand joints."""
     n = len(targets)
-    right = _eef(targets[:, 0], targets[:, 1], "right")
-    left = _eef(np.full(n, 0.5), np.full(n, 1.0), "left")
+    left, right = _eef_pair(targets[:, 0], targets[:, 1], reach)
+    tilt = (0.2, 0.4) if reach == "right" else (0.4, 0.2)  # (left, right): the reaching hand tilts more
     hands = action[:, [ACTION_COLUMNS[j] for j in HAND_JOINTS]]
-    return np.concatenate([left, _quat(n, 0.2), right, _quat(n, 0.4), hands], axis=1).astype(np.float32)
+    return np.concatenate([left, _quat(n, tilt[0]), right, _quat(n, tilt[1]), hands], axis=1).astype(np.float32)
 
 
-def _observations(state: np.ndarray) -> dict[str, np.ndarray]:
+def _observations(state: np.ndarray, reach: str = "right") -> dict[str, np.ndarray]:
     """A few more of the `obs/` datasets the GR1 policy observation group records."""
     n = len(state)
-    u, v = hand_position_in_image(state)
+    left, right = _eef_pair(*hand_position_in_image(state, reach), reach)
+    tilt = (0.2, 0.4) if reach == "right" else (0.4, 0.2)
     return {
-        "right_eef_pos": _eef(u, v, "right").astype(np.float32),
-        "right_eef_quat": _quat(n, 0.4).astype(np.float32),
-        "left_eef_pos": _eef(np.full(n, 0.5), np.full(n, 1.0), "left").astype(np.float32),
-        "left_eef_quat": _quat(n, 0.2).astype(np.float32),
+        "right_eef_pos": right.astype(np.float32),
+        "right_eef_quat": _quat(n, tilt[1]).astype(np.float32),
+        "left_eef_pos": left.astype(np.float32),
+        "left_eef_quat": _quat(n, tilt[0]).astype(np.float32),
         "hand_joint_state": state[:, [STATE_COLUMNS[j] for j in HAND_JOINTS]],
         "head_joint_state": state[:, [STATE_COLUMNS[f"head_{a}_joint"] for a in ("roll", "pitch", "yaw")]],
         "robot_root_pos": np.zeros((n, 3), np.float32),
@@ -355,19 +429,29 @@ def _observations(state: np.ndarray) -> dict[str, np.ndarray]:
 
 G1_ENV_NAME = "Isaac-G1-Synthetic-LocoManip-v0"
 _G1 = load_embodiment("g1")
-G1_CAMERA = next(iter(_G1.cameras))                 # robot_head_cam_rgb, as config/embodiments/g1 declares
-G1_COLUMNS: dict[str, int] = _G1.state_joints      # one 43-joint sim order for state and action
+G1_CAMERA = next(iter(_G1.cameras))  # robot_head_cam_rgb, as config/embodiments/g1 declares
+G1_COLUMNS: dict[str, int] = _G1.state_joints  # one 43-joint sim order for state and action
 G1_IMAGE_SIZE = (480, 640)
 G1_ARM = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
 G1_MIRRORED = ("shoulder_roll", "shoulder_yaw", "wrist_roll", "wrist_yaw")  # opposite signs left and right
 # Standing pose (the golden G1 episode's first state): everything not listed is 0.
-G1_REST_POSE = {f"{side}_{joint}_joint": value for side in _SIDES
-                for joint, value in (("hip_pitch", -0.1), ("knee", 0.3), ("ankle_pitch", -0.2))}
-G1_REST = _vector(G1_REST_POSE, G1_COLUMNS).astype(np.float32)    # state[0] = processed_actions[0], offsets aside
+G1_REST_POSE = {
+    f"{side}_{joint}_joint": value
+    for side in _SIDES
+    for joint, value in (("hip_pitch", -0.1), ("knee", 0.3), ("ankle_pitch", -0.2))
+}
+G1_REST = _vector(G1_REST_POSE, G1_COLUMNS).astype(np.float32)  # state[0] = processed_actions[0], offsets aside
 # Dex3 hands closed (right; the left hand mirrors it, a little)
-G1_GRASP = {"index_0": 0.9, "index_1": 1.0, "middle_0": 0.9, "middle_1": 1.0,
-            "thumb_0": 0.3, "thumb_1": -0.5, "thumb_2": -0.6}
-G1_HEIGHT = 0.75      # base_height_cmd standing, metres
+G1_GRASP = {
+    "index_0": 0.9,
+    "index_1": 1.0,
+    "middle_0": 0.9,
+    "middle_1": 1.0,
+    "thumb_0": 0.3,
+    "thumb_1": -0.5,
+    "thumb_2": -0.6,
+}
+G1_HEIGHT = 0.75  # base_height_cmd standing, metres
 
 
 def g1_goal_commands(u: float, v: float) -> dict[str, float]:
@@ -390,8 +474,10 @@ def g1_goal_commands(u: float, v: float) -> dict[str, float]:
 def g1_hand_in_image(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where the right hand appears for G1 joint vectors (T, 43), state or action: the inverse of
     `g1_goal_commands` on the shoulder pitch and roll (the standing pose lies off the image)."""
-    pitch, roll = (joints[:, G1_COLUMNS[n]] - INDEX_OFFSET * G1_COLUMNS[n]
-                   for n in ("right_shoulder_pitch_joint", "right_shoulder_roll_joint"))
+    pitch, roll = (
+        joints[:, G1_COLUMNS[n]] - INDEX_OFFSET * G1_COLUMNS[n]
+        for n in ("right_shoulder_pitch_joint", "right_shoulder_roll_joint")
+    )
     return (-0.05 - roll) / 0.4, 1 + (pitch + 0.15) / 0.6
 
 
@@ -457,10 +543,21 @@ def make_g1_episode(seed: int, index: int, min_frames: int, max_frames: int, ima
     column = G1_COLUMNS["right_hand_index_0_joint"]
     closing = np.clip((state[:, column] - INDEX_OFFSET * column) / G1_GRASP["index_0"], 0, 1)
     height, width = image_size_of(image_size)
-    return SynthEpisode(length=plan.length, height=height, width=width, targets=targets, jump_steps=plan.starts[1:],
-                        grasp_start=plan.grasp_start, state=state, processed_actions=action,
-                        actions=raw.astype(np.float32), hand=np.stack([hand_u, hand_v, closing], axis=1),
-                        obs=_float32(obs), action=_float32({**commanded, **teleop}), camera=G1_CAMERA)
+    return SynthEpisode(
+        length=plan.length,
+        height=height,
+        width=width,
+        targets=targets,
+        jump_steps=plan.starts[1:],
+        grasp_start=plan.grasp_start,
+        state=state,
+        processed_actions=action,
+        actions=raw.astype(np.float32),
+        hand=np.stack([hand_u, hand_v, closing], axis=1),
+        obs=_float32(obs),
+        action=_float32({**commanded, **teleop}),
+        camera=G1_CAMERA,
+    )
 
 
 def _float32(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -491,10 +588,10 @@ def _g1_root(navigate: np.ndarray, dt: float = 0.02) -> dict[str, np.ndarray]:
 
 SMOOTH_ENV_NAME = "Isaac-GR1T2-Synthetic-Smooth-v0"
 SMOOTH_HARMONICS = 3
-SMOOTH_LOOKAHEAD = 4          # steps the action leads the state (80 ms at 50 fps)
-SMOOTH_VARIATION = 0.4        # amplitude of the demo's own sine, relative to the task's first harmonic
+SMOOTH_LOOKAHEAD = 4  # steps the action leads the state (80 ms at 50 fps)
+SMOOTH_VARIATION = 0.4  # amplitude of the demo's own sine, relative to the task's first harmonic
 SMOOTH_CENTER = {"right_shoulder_pitch_joint": -0.6, "right_shoulder_roll_joint": 0.0}  # keeps the hand in view
-SMOOTH_DISC = (0.5, 0.25)     # where the (static, uninformative) target disc is drawn
+SMOOTH_DISC = (0.5, 0.25)  # where the (static, uninformative) target disc is drawn
 
 
 def smooth_task(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -529,22 +626,36 @@ def make_smooth_episode(seed: int, index: int, min_frames: int, max_frames: int,
     targets = np.tile(SMOOTH_DISC, (length, 1))
     hand_u, hand_v = hand_position_in_image(state)
     height, width = image_size_of(image_size)
-    return SynthEpisode(length=length, height=height, width=width, targets=targets, jump_steps=[],
-                        grasp_start=length + GRASP_CUE,  # no grasp cue: the disc stays red
-                        state=state, processed_actions=action, actions=_raw_actions(targets, action),
-                        hand=np.stack([hand_u, hand_v, np.zeros(length)], axis=1), obs=_observations(state))
+    return SynthEpisode(
+        length=length,
+        height=height,
+        width=width,
+        targets=targets,
+        jump_steps=[],
+        grasp_start=length + GRASP_CUE,  # no grasp cue: the disc stays red
+        state=state,
+        processed_actions=action,
+        actions=_raw_actions(targets, action),
+        hand=np.stack([hand_u, hand_v, np.zeros(length)], axis=1),
+        obs=_observations(state),
+    )
 
 
 MOTIONS = ("reach", "smooth")  # --motion: the vision-dependent reach (default), or smooth motion (GR1)
+# --task (GR1 reach): which hand reaches for the target -> (reaching side, other side), env name.
+TASK_SIDES = {"reach_right": ("right", "left"), "reach_left": ("left", "right")}
+TASK_ENV_NAMES = {"reach_right": ENV_NAME, "reach_left": "Isaac-GR1T2-Synthetic-ReachLeft-v0"}
+TASKS = tuple(TASK_SIDES)
 
 
 EMBODIMENTS = {  # --embodiment -> (episode maker, env name, default image size)
-    "gr1": (make_episode, ENV_NAME, 128),
+    "gr1": (make_episode, ENV_NAME, 64),  # the workflow's default: small for CPU (the robot's camera is 512²)
     "g1": (make_g1_episode, G1_ENV_NAME, G1_IMAGE_SIZE),
 }
 
 
 # --- images and files ----------------------------------------------------------------------------
+
 
 def _soft_disc(xx, yy, cx, cy, radius, edge, aspect=1.0):
     """Coverage 0..1 of a disc with a smooth (smoothstep) edge `edge` wide (image-height units; u is
@@ -554,8 +665,7 @@ def _soft_disc(xx, yy, cx, cy, radius, edge, aspect=1.0):
     return x * x * (3 - 2 * x)
 
 
-def render_frames(targets: np.ndarray, hand: np.ndarray, height: int, width: int,
-                  grasp_cue: np.ndarray) -> np.ndarray:
+def render_frames(targets: np.ndarray, hand: np.ndarray, height: int, width: int, grasp_cue: np.ndarray) -> np.ndarray:
     """Frames for targets (n, 2), hands (n, 3: u, v, closing) and grasp cues (n,) in 0..1: table
     gradient, a target that turns from red to green as the cue rises, grey hand blob."""
     ys = (np.arange(height, dtype=np.float32) + 0.5) / height
@@ -581,6 +691,7 @@ def render_frames(targets: np.ndarray, hand: np.ndarray, height: int, width: int
 
 def write_demo(group: h5py.Group, episode: SynthEpisode, seed: int) -> None:
     """One demo group in the Mimic layout, every dataset gzip-compressed."""
+
     def dataset(name, values):
         group.create_dataset(name, data=values, compression="gzip")
 
@@ -599,27 +710,51 @@ def write_demo(group: h5py.Group, episode: SynthEpisode, seed: int) -> None:
         dataset(f"action/{key}", values)
     # h5py's own chunk guess, as Isaac Lab's `create_dataset(data=..., compression="gzip")` gets it
     # (e.g. (21, 64, 64, 1) at 330 × 512²): readers and benchmarks see the layout of real files.
-    frames = group.create_dataset(f"camera_obs/{episode.camera}", shape=(t, episode.height, episode.width, 3),
-                                  dtype=np.uint8, chunks=True, compression="gzip")
+    frames = group.create_dataset(
+        f"camera_obs/{episode.camera}",
+        shape=(t, episode.height, episode.width, 3),
+        dtype=np.uint8,
+        chunks=True,
+        compression="gzip",
+    )
     for start in range(0, t, WRITE_BATCH):
         stop = min(start + WRITE_BATCH, t)
         frames[start:stop] = episode.render(start, stop)
 
 
-def write_synthetic(path: str | os.PathLike, episodes: int = 12, min_frames: int = 60, max_frames: int = 100,
-                    image_size=None, seed: int = 0, progress: bool = True, embodiment: str = "gr1",
-                    motion: str = "reach") -> Path:
+def write_synthetic(
+    path: str | os.PathLike,
+    episodes: int = 12,
+    min_frames: int = 60,
+    max_frames: int = 100,
+    image_size=None,
+    seed: int = 0,
+    progress: bool = True,
+    embodiment: str = "gr1",
+    motion: str = "reach",
+    task: str = "reach_right",
+) -> Path:
     """Write the synthetic Mimic HDF5 to `path` (via a temporary file renamed at the end).
-    `image_size`: N (square) or (height, width) or "HxW"; None: the embodiment's camera (GR1 128², G1 480x640)."""
+    `image_size`: N (square) or (height, width) or "HxW"; None: the embodiment's camera (GR1 64², G1 480x640).
+    `task`: which hand reaches (TASKS; GR1 reach only)."""
     path = Path(path)
     if embodiment not in EMBODIMENTS:
         raise PosttrainError(f"{path}: --embodiment must be one of {', '.join(EMBODIMENTS)}, got {embodiment!r}")
     make, env_name, default_size = EMBODIMENTS[embodiment]
     if motion not in MOTIONS or (motion == "smooth" and embodiment != "gr1"):
-        raise PosttrainError(f"{path}: --motion must be one of {', '.join(MOTIONS)} (smooth: --embodiment gr1 "
-                             f"only), got {motion!r} with --embodiment {embodiment}")
+        raise PosttrainError(
+            f"{path}: --motion must be one of {', '.join(MOTIONS)} (smooth: --embodiment gr1 "
+            f"only), got {motion!r} with --embodiment {embodiment}"
+        )
     if motion == "smooth":
         make, env_name = make_smooth_episode, SMOOTH_ENV_NAME
+    if task not in TASKS or (task != "reach_right" and (embodiment, motion) != ("gr1", "reach")):
+        raise PosttrainError(
+            f"{path}: --task must be one of {', '.join(TASKS)} (reach_left: --embodiment gr1 "
+            f"--motion reach only), got {task!r} with --embodiment {embodiment} --motion {motion}"
+        )
+    if task != "reach_right":
+        make, env_name = functools.partial(make_episode, task=task), TASK_ENV_NAMES[task]
     if episodes < 1:
         raise PosttrainError(f"{path}: --episodes must be >= 1, got {episodes}")
     if not 2 <= min_frames <= max_frames:
@@ -645,22 +780,19 @@ def write_synthetic(path: str | os.PathLike, episodes: int = 12, min_frames: int
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, help="HDF5 file to write")
-    parser.add_argument("--embodiment", default="gr1", choices=list(EMBODIMENTS),
-                        help="gr1 (default): GR1 arms and hands; g1: Unitree G1 loco-manipulation schema")
-    parser.add_argument("--episodes", type=int, default=12, help="number of demos (default 12)")
-    parser.add_argument("--min-frames", type=int, default=60, help="shortest demo, in steps (default 60)")
-    parser.add_argument("--max-frames", type=int, default=100, help="longest demo, in steps (default 100)")
-    parser.add_argument("--image-size", default=None, metavar="N|HxW",
-                        help="camera size in pixels: N (square) or HEIGHTxWIDTH, e.g. 48x64 (default: the "
-                             "embodiment's, gr1 128, g1 480x640)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the output is a function of it")
-    parser.add_argument("--motion", default="reach", choices=MOTIONS,
-                        help="reach (default): a reach that needs the camera; smooth: smooth, state-predictable "
-                             "joint motion where holding the state is a strong baseline (gr1)")
+    add_options(parser, SynthSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_synthetic(args.output, args.episodes, args.min_frames, args.max_frames, args.image_size, args.seed,
-                    embodiment=args.embodiment, motion=args.motion)
+    write_synthetic(
+        args.output,
+        args.episodes,
+        args.min_frames,
+        args.max_frames,
+        args.image_size,
+        args.seed,
+        embodiment=args.embodiment,
+        motion=args.motion,
+        task=args.task,
+    )
     return 0

@@ -61,10 +61,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from posttrain import statistics
+from posttrain import stats_math
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_directory, write_json_atomic
 from posttrain.lerobot import LeRobotDataset, column_to_numpy, read_json, read_jsonl
+from posttrain.settings import VerifySettings, add_options
 
 if TYPE_CHECKING:
     from posttrain.video import VideoSettings
@@ -94,44 +95,81 @@ REPORT, FAILED_REPORT = "report.json", "report.failed.json"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET_DIR", help="LeRobot v2.1 dataset directory")
-    parser.add_argument("--source", type=Path, default=None,
-                        help="the Mimic HDF5 it was converted from (without it only internal checks run)")
-    parser.add_argument("--output", type=Path, required=True, metavar="VERIFY_DIR",
-                        help="where report.json (or report.failed.json) and preview/ are written")
-    parser.add_argument("--min-psnr-db", type=float, default=35.0)
-    parser.add_argument("--sampled-frames", type=int, default=8, help="frames compared per episode and camera")
-    parser.add_argument("--preview-episodes", type=int, default=2)
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="HDF5 | NAME=HDF5",
+        help="the Mimic HDF5 it was converted from (without it only internal checks run); for a "
+        "dataset gathered from several sources, NAME=HDF5 once per source",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="VERIFY_DIR",
+        help="where report.json (or report.failed.json) and preview/ are written",
+    )
+    add_options(parser, VerifySettings)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="episodes checked in parallel")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from posttrain.files import claim_directory
-    claim_directory(args.output, "verify", inputs=[args.dataset, args.source])  # only ever our own VERIFY_DIR
-    report = verify(Path(args.dataset), args.output, source=args.source, min_psnr_db=args.min_psnr_db,
-                    sampled_frames=args.sampled_frames, preview_episodes=args.preview_episodes,
-                    workers=args.workers)
+
+    source = parse_sources(args.source)
+    files = list(source.values()) if isinstance(source, dict) else [source]
+    claim_directory(args.output, "verify", inputs=[args.dataset, *files])  # only ever our own VERIFY_DIR
+    report = verify(
+        Path(args.dataset),
+        args.output,
+        source=source,
+        min_psnr_db=args.min_psnr_db,
+        sampled_frames=args.sampled_frames,
+        preview_episodes=args.preview_episodes,
+        workers=args.workers,
+    )
     if not report["passed"]:
         failures = [c for c in report["checks"] if not c["passed"] and not c.get("summary")]
         first = failures[0]
         where = f"episode {first['episode']}: " if first["episode"] is not None else ""
         more = f"{len(failures) - 1} more failures, " if len(failures) > 1 else ""
-        raise PosttrainError(f"verify {args.dataset}: FAILED: {where}{first['name']}: {first['detail']} "
-                             f"({more}see {args.output / FAILED_REPORT})")
+        raise PosttrainError(
+            f"verify {args.dataset}: FAILED: {where}{first['name']}: {first['detail']} "
+            f"({more}see {args.output / FAILED_REPORT})"
+        )
     return 0
+
+
+def parse_sources(values: list[str] | None) -> Path | dict[str, Path] | None:
+    """--source: one HDF5 path, or NAME=HDF5 per source of a dataset gathered from several (posttrain.sources)."""
+    if not values:
+        return None
+    if len(values) == 1 and ("=" not in values[0] or Path(values[0]).exists()):
+        return Path(values[0])
+    sources = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise PosttrainError(f"verify: --source {value!r}: with several sources, give NAME=HDF5 for each")
+        if name in sources:
+            raise PosttrainError(f"verify: --source {name} given twice")
+        sources[name] = Path(path)
+    return sources
 
 
 # --- results -------------------------------------------------------------------------------------
 @dataclass
 class EpisodeResult:
     """Everything one episode's checks produced (computed in a worker thread)."""
+
     episode_index: int
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     numeric: dict[str, np.ndarray] | None = None  # (T, D) float32 columns, None when the parquet is unreadable
-    episode_stats: dict[str, dict] | None = None   # lerobot per-episode stats from the stored dtypes
-    psnr: list[float] = field(default_factory=list)          # per sampled frame and camera
+    episode_stats: dict[str, dict] | None = None  # lerobot per-episode stats from the stored dtypes
+    psnr: list[float] = field(default_factory=list)  # per sampled frame and camera
     encoder_psnr: list[float] = field(default_factory=list)  # per camera: x264's own round trip
-    thresholds: list[float] = field(default_factory=list)    # per camera: the video_psnr threshold used
+    thresholds: list[float] = field(default_factory=list)  # per camera: the video_psnr threshold used
 
     def check(self, name: str, passed: bool, detail: str = "ok") -> bool:
         self.checks.append((name, bool(passed), detail))
@@ -156,9 +194,16 @@ class Report:
 
     def checks(self) -> list[dict]:
         """Failures first, in the order found (dataset structure, episodes in order, stats), then summaries."""
-        summaries = [{"name": name, "episode": None, "passed": failed == 0, "summary": True,
-                      "detail": f"{checked} episodes checked, {failed} failed"}
-                     for name, (checked, failed) in self.episode_counts.items()]
+        summaries = [
+            {
+                "name": name,
+                "episode": None,
+                "passed": failed == 0,
+                "summary": True,
+                "detail": f"{checked} episodes checked, {failed} failed",
+            }
+            for name, (checked, failed) in self.episode_counts.items()
+        ]
         structure = [c for c in self.dataset_checks if c["name"] in ("info_totals", "episodes_jsonl")]
         later = [c for c in self.dataset_checks if c not in structure]
         ordered = structure + self.episode_failures + later
@@ -180,8 +225,7 @@ def check_info_totals(dataset: LeRobotDataset, report: Report) -> None:
         "total_chunks": (max(1, len(chunks)), f"{len(chunks)} chunk directories under data/"),
         "total_tasks": (len(tasks), f"{len(tasks)} lines in meta/tasks.jsonl"),
     }
-    problems = [f"{key}={info.get(key)!r}, but {why}" for key, (value, why) in actual.items()
-                if info.get(key) != value]
+    problems = [f"{key}={info.get(key)!r}, but {why}" for key, (value, why) in actual.items() if info.get(key) != value]
     if len(parquets) != n:
         problems.append(f"{len(parquets)} parquet files under data/, but {n} episodes")
     if n * len(dataset.video_keys) != len(videos):
@@ -200,8 +244,9 @@ def check_episodes_jsonl(dataset: LeRobotDataset, report: Report) -> bool:
             problems.append(f"episode {position}: length {episode.get('length')!r}")
     if not dataset.episodes:
         problems.append("no episodes")
-    report.dataset_check("episodes_jsonl", not problems,
-                         "; ".join(f"meta/episodes.jsonl: {p}" for p in problems[:5]) or "ok")
+    report.dataset_check(
+        "episodes_jsonl", not problems, "; ".join(f"meta/episodes.jsonl: {p}" for p in problems[:5]) or "ok"
+    )
     return not problems
 
 
@@ -211,7 +256,7 @@ class Context:
     dataset: LeRobotDataset
     first_index: dict[int, int]
     task_indices: set[int]
-    source: "SourceCheck | None"
+    source: SourceCheck | None
     sampled_frames: int
     min_psnr_db: float
 
@@ -225,18 +270,19 @@ def check_episode(ctx: Context, episode: dict) -> EpisodeResult:
     except (OSError, pa.ArrowException) as err:
         result.check("parquet_rows", False, f"{path.relative_to(dataset.root)}: unreadable ({err})")
         return result
-    if not result.check("parquet_rows", table.num_rows == length,
-                        f"{table.num_rows} parquet rows, meta/episodes.jsonl length {length}"):
+    if not result.check(
+        "parquet_rows", table.num_rows == length, f"{table.num_rows} parquet rows, meta/episodes.jsonl length {length}"
+    ):
         return result
-    numeric = {name: column_to_numpy(table.column(name)) for name in statistics.numeric_columns(table.schema)}
+    numeric = {name: column_to_numpy(table.column(name)) for name in stats_math.numeric_columns(table.schema)}
     check_columns(ctx, result, numeric, length)
     check_finite(result, numeric)
     check_videos(ctx, result, length)
     if ctx.source is not None:
         ctx.source.check_episode(ctx, result, numeric, length)
     # kept for the stats checks: per-episode stats now, values as float32 (what the global stats use)
-    result.episode_stats = {name: statistics.episode_stats(values) for name, values in numeric.items()}
-    result.numeric = {name: statistics.as_2d_float32(values) for name, values in numeric.items()}
+    result.episode_stats = {name: stats_math.episode_stats(values) for name, values in numeric.items()}
+    result.numeric = {name: stats_math.as_2d_float32(values) for name, values in numeric.items()}
     return result
 
 
@@ -260,15 +306,24 @@ def check_columns(ctx: Context, result: EpisodeResult, numeric: dict[str, np.nda
 
     error = np.abs(numeric["timestamp"].astype(np.float64) - np.arange(length) / fps)
     worst = int(np.argmax(error)) if length else 0
-    result.check("timestamps", not length or error[worst] <= TIMESTAMP_TOLERANCE_S,
-                 f"frame {worst}: timestamp {float(numeric['timestamp'][worst]):.6f} s, expected "
-                 f"{worst / fps:.6f} s (frame_index / fps {fps})" if length else "ok")
+    result.check(
+        "timestamps",
+        not length or error[worst] <= TIMESTAMP_TOLERANCE_S,
+        f"frame {worst}: timestamp {float(numeric['timestamp'][worst]):.6f} s, expected "
+        f"{worst / fps:.6f} s (frame_index / fps {fps})"
+        if length
+        else "ok",
+    )
 
     expected = ctx.first_index[ep] + np.arange(length)
     row = first_mismatch(numeric["index"], expected)
     if row < length:
-        result.check("index", False, f"index column at row {row} is {numeric['index'][row]}, expected "
-                                     f"{expected[row]} (continuous across episodes)")
+        result.check(
+            "index",
+            False,
+            f"index column at row {row} is {numeric['index'][row]}, expected "
+            f"{expected[row]} (continuous across episodes)",
+        )
     else:
         result.check("index", True)
 
@@ -292,6 +347,7 @@ def check_finite(result: EpisodeResult, numeric: dict[str, np.ndarray]) -> None:
 
 def check_videos(ctx: Context, result: EpisodeResult, length: int) -> None:
     from posttrain.video import probe
+
     dataset, ep = ctx.dataset, result.episode_index
     problems = []
     for key in dataset.video_keys:
@@ -315,9 +371,10 @@ def check_videos(ctx: Context, result: EpisodeResult, length: int) -> None:
 class SourceCheck:
     """Compare episodes with the HDF5 demos they came from (meta/source.json)."""
 
-    def __init__(self, dataset: LeRobotDataset, hdf5: Path):
+    def __init__(self, dataset: LeRobotDataset, hdf5: Path | dict[str, Path]):
         from posttrain.embodiment import load_embodiment
         from posttrain.mimic import MimicFile
+
         path = dataset.root / "meta" / "source.json"
         if not path.is_file():
             raise PosttrainError(f"{path}: missing; --source needs it to know which demo each episode came from")
@@ -327,14 +384,14 @@ class SourceCheck:
                 raise PosttrainError(f"{path}: key {key!r} missing")
         if self.source["drop_frame"] not in ("first", "last"):
             raise PosttrainError(f"{path}: drop_frame {self.source['drop_frame']!r}, expected first or last")
-        if self.source.get("hdf5") and self.source["hdf5"] != hdf5.name:
-            log.warning("%s: converted from %r, verifying against %s", path, self.source["hdf5"], hdf5)
         self.embodiment = load_embodiment(self.source["embodiment"])
-        self.mimic = MimicFile(hdf5)
+        # episode entries name their source when the dataset was gathered from several (None: one source)
+        self.mimics = {name: MimicFile(file) for name, file in source_files(path, self.source, hdf5).items()}
         self.entries = {e["episode_index"]: e for e in self.source["episodes"]}
 
     def close(self) -> None:
-        self.mimic.close()
+        for mimic in self.mimics.values():
+            mimic.close()
 
     def check_episode(self, ctx: Context, result: EpisodeResult, numeric: dict[str, np.ndarray], length: int):
         ep, src = result.episode_index, self.source
@@ -342,40 +399,56 @@ class SourceCheck:
         if entry is None:
             result.check("source_length", False, "episode not listed in meta/source.json")
             return
-        demo = entry["demo"]
+        demo, mimic = entry["demo"], self.mimics.get(entry.get("source"))
+        if mimic is None:
+            result.check("source_length", False, f"{demo}: source {entry.get('source')!r} not given (--source)")
+            return
         try:
-            frames = self.mimic.length(demo, src["action_key"])
+            frames = mimic.length(demo, src["action_key"])
         except PosttrainError as err:
             result.check("source_length", False, str(err))
             return
-        if not result.check("source_length", frames == entry["source_frames"] == length + 1,
-                            f"{demo}: HDF5 has {frames} steps, source.json source_frames "
-                            f"{entry['source_frames']}, parquet {length} rows (expected rows + 1)"):
+        if not result.check(
+            "source_length",
+            frames == entry["source_frames"] == length + 1,
+            f"{demo}: HDF5 has {frames} steps, source.json source_frames "
+            f"{entry['source_frames']}, parquet {length} rows (expected rows + 1)",
+        ):
             return
         try:
-            state, action = self.mimic.read_state_action(demo, src["state_key"], src["action_key"])
-            expected = {"observation.state": self.embodiment.remap_state(state[:-1]),
-                        "action": self.embodiment.remap_action(action[:-1])}
+            state, action = mimic.read_state_action(demo, src["state_key"], src["action_key"])
+            expected = {
+                "observation.state": self.embodiment.remap_state(state[:-1]),
+                "action": self.embodiment.remap_action(action[:-1]),
+            }
         except PosttrainError as err:
             result.check("source_state", False, f"{demo}: {err}")
             return
         for name, check in (("observation.state", "source_state"), ("action", "source_action")):
             stored = numeric.get(name)
             if stored is None or stored.shape != expected[name].shape:
-                result.check(check, False, f"{name}: shape {None if stored is None else stored.shape}, HDF5 "
-                                           f"{demo} remapped {expected[name].shape}")
+                result.check(
+                    check,
+                    False,
+                    f"{name}: shape {None if stored is None else stored.shape}, HDF5 "
+                    f"{demo} remapped {expected[name].shape}",
+                )
                 continue
             diff = np.abs(stored.astype(np.float64) - expected[name])
             row, col = np.unravel_index(int(np.argmax(diff)), diff.shape)
             joint = self.embodiment.joint_names[col] if col < len(self.embodiment.joint_names) else col
-            result.check(check, diff[row, col] <= SOURCE_TOLERANCE,
-                         f"{name} differs from {src['state_key' if check == 'source_state' else 'action_key']} "
-                         f"of {demo} by {diff[row, col]:.3g} at frame {row}, joint {joint}")
-        self.check_psnr(ctx, result, demo, length)
+            result.check(
+                check,
+                diff[row, col] <= SOURCE_TOLERANCE,
+                f"{name} differs from {src['state_key' if check == 'source_state' else 'action_key']} "
+                f"of {demo} by {diff[row, col]:.3g} at frame {row}, joint {joint}",
+            )
+        self.check_psnr(ctx, result, mimic, demo, length)
 
-    def check_psnr(self, ctx: Context, result: EpisodeResult, demo: str, length: int) -> None:
+    def check_psnr(self, ctx: Context, result: EpisodeResult, mimic, demo: str, length: int) -> None:
         """Sampled decoded frames against their HDF5 frames: close enough, and not one frame off."""
         from posttrain.video import VideoSettings, read_frames_at, x264_settings
+
         drop_frame = self.source["drop_frame"]
         offset = 1 if drop_frame == "first" else 0  # video frame v shows HDF5 frame v + offset
         video, hdf5 = sample_windows(length, ctx.sampled_frames, offset)
@@ -385,13 +458,17 @@ class SourceCheck:
             where = f"{demo} camera_obs/{camera}"
             try:
                 decoded = read_frames_at(path, video)
-                source = np.concatenate([frames for start, stop in runs(hdf5)
-                                         for frames in self.mimic.iter_camera_frames(demo, camera, start, stop)])
+                source = np.concatenate(
+                    [
+                        frames
+                        for start, stop in runs(hdf5)
+                        for frames in mimic.iter_camera_frames(demo, camera, start, stop)
+                    ]
+                )
                 if source.shape[1:] != decoded.shape[1:]:
                     raise PosttrainError(f"{key}: frames are {decoded.shape[1:]}, {where} {source.shape[1:]}")
                 settings = x264_settings(path) or VideoSettings()  # the project's encoder when x264 left no record
-                found = compare_frames(decoded, [v + offset for v in video], source, hdf5, ctx.dataset.fps,
-                                       settings)
+                found = compare_frames(decoded, [v + offset for v in video], source, hdf5, ctx.dataset.fps, settings)
             except PosttrainError as err:
                 psnr_problems.append(str(err))
                 continue
@@ -400,19 +477,23 @@ class SourceCheck:
             threshold = min(ctx.min_psnr_db, found.encoder_db - ENCODER_MARGIN_DB)
             result.thresholds.append(threshold)
             k = int(np.argmin(found.psnr))
-            bar = (f"the lower of verify.min_psnr_db ({ctx.min_psnr_db:g}) and {ENCODER_MARGIN_DB:g} dB below what "
-                   f"x264 (crf {settings.crf}, {settings.preset}) itself keeps of these frames "
-                   f"({found.encoder_db:.1f} dB)")
+            bar = (
+                f"the lower of verify.min_psnr_db ({ctx.min_psnr_db:g}) and {ENCODER_MARGIN_DB:g} dB below what "
+                f"x264 (crf {settings.crf}, {settings.preset}) itself keeps of these frames "
+                f"({found.encoder_db:.1f} dB)"
+            )
             if found.pooled_db < threshold:
                 psnr_problems.append(
                     f"{key}: {len(video)} frames around {ctx.sampled_frames} samples (verify.sampled_frames) vs "
                     f"{where}: PSNR {found.pooled_db:.1f} dB < {threshold:.1f} dB, {bar}; worst: frame {video[k]}, "
-                    f"{found.psnr[k]:.1f} dB: the wrong episode, or damaged frames?")
+                    f"{found.psnr[k]:.1f} dB: the wrong episode, or damaged frames?"
+                )
             elif found.psnr[k] < threshold - FRAME_SLACK_DB:
                 psnr_problems.append(
                     f"{key}: frame {video[k]} vs {where} frame {video[k] + offset}: PSNR {found.psnr[k]:.1f} dB < "
                     f"{threshold - FRAME_SLACK_DB:.1f} dB, {FRAME_SLACK_DB:g} dB below {threshold:.1f} dB, {bar}: "
-                    f"a damaged frame?")
+                    f"a damaged frame?"
+                )
             if found.by_shift:
                 best = max(found.by_shift, key=found.by_shift.get)
                 if found.by_shift[best] > found.by_shift[0] + ALIGNMENT_MARGIN_DB:
@@ -421,10 +502,28 @@ class SourceCheck:
                         f"video frame j matches {where} frame j{offset + best:+d} ({found.by_shift[best]:.1f} dB) "
                         f"better than frame j{offset:+d} ({found.by_shift[0]:.1f} dB) by more than "
                         f"{ALIGNMENT_MARGIN_DB:g} dB: wrong drop_frame {drop_frame!r} (convert.drop_frame) in "
-                        f"meta/source.json?")
+                        f"meta/source.json?"
+                    )
         # alignment first: a shift fails both, and the one-line error should name the likelier cause
         result.check("video_alignment", not alignment_problems, "; ".join(alignment_problems) or "ok")
         result.check("video_psnr", not psnr_problems, "; ".join(psnr_problems) or "ok")
+
+
+def source_files(path: Path, source: dict, hdf5: Path | dict[str, Path]) -> dict[str | None, Path]:
+    """The HDF5 file of each source named in source.json (`path`): {None: hdf5} for a dataset of one source."""
+    names = [block.get("name") for block in source.get("sources", [])]
+    if not names:
+        if isinstance(hdf5, dict):
+            raise PosttrainError(f"{path}: the dataset has one source: give --source HDF5, not NAME=HDF5")
+        if source.get("hdf5") and source["hdf5"] != hdf5.name:
+            log.warning("%s: converted from %r, verifying against %s", path, source["hdf5"], hdf5)
+        return {None: hdf5}
+    if not isinstance(hdf5, dict) or sorted(hdf5) != sorted(names):
+        given = ", ".join(sorted(hdf5)) if isinstance(hdf5, dict) else str(hdf5)
+        raise PosttrainError(
+            f"{path}: gathered from sources {', '.join(names)}: give --source NAME=HDF5 for each (given: {given})"
+        )
+    return dict(hdf5)
 
 
 def sample_windows(length: int, sampled_frames: int, offset: int) -> tuple[list[int], list[int]]:
@@ -452,15 +551,21 @@ def runs(indices: list[int]) -> list[tuple[int, int]]:
 
 @dataclass
 class FrameComparison:
-    psnr: list[float]           # each decoded frame vs its own HDF5 frame after the yuv420p round trip
-    pooled_db: float            # the same, one MSE over all of them
-    encoder_db: float           # x264's own round trip of those HDF5 frames, pooled
+    psnr: list[float]  # each decoded frame vs its own HDF5 frame after the yuv420p round trip
+    pooled_db: float  # the same, one MSE over all of them
+    encoder_db: float  # x264's own round trip of those HDF5 frames, pooled
     by_shift: dict[int, float]  # pooled PSNR vs HDF5 frame -1, 0, +1 ({} when no frame has both neighbours)
-    aligned_frames: int         # frames in by_shift
+    aligned_frames: int  # frames in by_shift
 
 
-def compare_frames(decoded: np.ndarray, shown: list[int], source: np.ndarray, source_frames: list[int], fps: int,
-                   settings: VideoSettings) -> FrameComparison:
+def compare_frames(
+    decoded: np.ndarray,
+    shown: list[int],
+    source: np.ndarray,
+    source_frames: list[int],
+    fps: int,
+    settings: VideoSettings,
+) -> FrameComparison:
     """Compare decoded frames with the HDF5 frames they show (`shown`; `source` holds HDF5 frames `source_frames`).
 
     The reference is the HDF5 frame converted to yuv420p and back as the encoder and decoder do
@@ -483,8 +588,13 @@ def compare_frames(decoded: np.ndarray, shown: list[int], source: np.ndarray, so
         by_shift[0] = psnr_db(mse[inner].mean())
         for shift in (-1, 1):
             by_shift[shift] = psnr_db(frame_mse(decoded[inner], reference[own[inner] + shift]).mean())
-    return FrameComparison(psnr=[psnr_db(m) for m in mse], pooled_db=psnr_db(mse.mean()),
-                           encoder_db=psnr_db(encoder_mse.mean()), by_shift=by_shift, aligned_frames=len(inner))
+    return FrameComparison(
+        psnr=[psnr_db(m) for m in mse],
+        pooled_db=psnr_db(mse.mean()),
+        encoder_db=psnr_db(encoder_mse.mean()),
+        by_shift=by_shift,
+        aligned_frames=len(inner),
+    )
 
 
 def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -505,12 +615,15 @@ def episode_stats_diff(stored, recomputed: dict, cameras: list[str], length: int
     if not isinstance(stored, dict):
         return "stats: expected an object"
     for key in cameras:
-        problem = ("missing (rerun `posttrain stats`)" if key not in stored
-                   else statistics.check_image_stats(stored[key], length))
+        problem = (
+            "missing (rerun `posttrain stats`)"
+            if key not in stored
+            else stats_math.check_image_stats(stored[key], length)
+        )
         if problem:
             return f"{key}: {problem}"
     columns = {key: value for key, value in stored.items() if key not in cameras}
-    return statistics.compare_stats(columns, recomputed, rtol=1e-7, atol=1e-9)
+    return stats_math.compare_stats(columns, recomputed, rtol=1e-7, atol=1e-9)
 
 
 def check_stats(dataset: LeRobotDataset, results: list[EpisodeResult], report: Report) -> None:
@@ -529,32 +642,41 @@ def check_stats(dataset: LeRobotDataset, results: list[EpisodeResult], report: R
         lengths = {e["episode_index"]: e["length"] for e in dataset.episodes}
         problems = 0
         for r in results:
-            diff = ("line missing" if r.episode_index not in stored else
-                    episode_stats_diff(stored[r.episode_index], r.episode_stats, dataset.video_keys,
-                                       lengths[r.episode_index]))
-            report.episode_check("episodes_stats", r.episode_index, diff is None,
-                                 f"meta/episodes_stats.jsonl: {diff}")
+            diff = (
+                "line missing"
+                if r.episode_index not in stored
+                else episode_stats_diff(
+                    stored[r.episode_index], r.episode_stats, dataset.video_keys, lengths[r.episode_index]
+                )
+            )
+            report.episode_check("episodes_stats", r.episode_index, diff is None, f"meta/episodes_stats.jsonl: {diff}")
             problems += diff is not None
         extra = set(stored) - {r.episode_index for r in results}
         if extra:
-            report.dataset_check("episodes_stats", False, f"meta/episodes_stats.jsonl: lines for unknown episodes "
-                                                          f"{sorted(extra)[:5]}")
+            report.dataset_check(
+                "episodes_stats", False, f"meta/episodes_stats.jsonl: lines for unknown episodes {sorted(extra)[:5]}"
+            )
 
     widths = {name: values.shape[1] for name, values in results[0].numeric.items()}
     for r in results:
         if {name: values.shape[1] for name, values in r.numeric.items()} != widths:
-            report.dataset_check("stats_json", False, f"cannot recompute: episode {r.episode_index} has other numeric "
-                                                      f"columns or widths than episode {results[0].episode_index}")
+            report.dataset_check(
+                "stats_json",
+                False,
+                f"cannot recompute: episode {r.episode_index} has other numeric "
+                f"columns or widths than episode {results[0].episode_index}",
+            )
             return
     columns = {name: np.concatenate([r.numeric.pop(name) for r in results]) for name in widths}
     path = meta / "stats.json"
     if not path.is_file():
         report.dataset_check("stats_json", False, "meta/stats.json missing (run `posttrain stats`)")
     else:
-        recomputed = {name: statistics.feature_stats(values) for name, values in columns.items()}
-        diff = statistics.compare_stats(read_json(path), recomputed, STATS_RTOL, STATS_ATOL)
-        report.dataset_check("stats_json", diff is None,
-                             f"meta/stats.json: {diff} (stale? rerun `posttrain stats`)" if diff else "ok")
+        recomputed = {name: stats_math.feature_stats(values) for name, values in columns.items()}
+        diff = stats_math.compare_stats(read_json(path), recomputed, STATS_RTOL, STATS_ATOL)
+        report.dataset_check(
+            "stats_json", diff is None, f"meta/stats.json: {diff} (stale? rerun `posttrain stats`)" if diff else "ok"
+        )
 
     path = meta / "relative_stats.json"
     if path.is_file():
@@ -571,11 +693,12 @@ def check_relative_stats(dataset: LeRobotDataset, columns: dict[str, np.ndarray]
         s, a = state[name], action[name]
         try:
             horizon = len(stats["mean"])
-            recomputed = statistics.relative_stats(columns[s.column][:, s.start:s.end],
-                                                   columns[a.column][:, a.start:a.end], lengths, horizon)
+            recomputed = stats_math.relative_stats(
+                columns[s.column][:, s.start : s.end], columns[a.column][:, a.start : a.end], lengths, horizon
+            )
         except (KeyError, TypeError, ValueError) as err:
             return False, f"meta/relative_stats.json: group {name!r}: cannot recompute ({err})"
-        diff = statistics.compare_stats(stats, recomputed, STATS_RTOL, STATS_ATOL, path=name)
+        diff = stats_math.compare_stats(stats, recomputed, STATS_RTOL, STATS_ATOL, path=name)
         if diff:
             return False, f"meta/relative_stats.json: {diff} (stale? rerun `posttrain stats`)"
     return True, f"groups {list(stored)} ok"
@@ -584,12 +707,14 @@ def check_relative_stats(dataset: LeRobotDataset, columns: dict[str, np.ndarray]
 # --- previews -------------------------------------------------------------------------------------
 def write_previews(dataset: LeRobotDataset, results: list[EpisodeResult], output: Path, count: int) -> list[str]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     # imageio-ffmpeg warns whenever ffmpeg scales while decoding, which is what we ask for here
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
-    chosen = [r for r in results if r.numeric is not None][:max(0, count)]
+    chosen = [r for r in results if r.numeric is not None][: max(0, count)]
     names = []
     with atomic_directory(output / "preview") as tmp:
         state_groups = {g.name: g for g in dataset.groups("state")}
@@ -614,8 +739,9 @@ def write_previews(dataset: LeRobotDataset, results: list[EpisodeResult], output
 
         rows = [(r, key) for r in chosen for key in dataset.video_keys]
         if rows:
-            fig, axes = plt.subplots(len(rows), CONTACT_SHEET_COLUMNS, squeeze=False,
-                                     figsize=(1.8 * CONTACT_SHEET_COLUMNS, 1.9 * len(rows)))
+            fig, axes = plt.subplots(
+                len(rows), CONTACT_SHEET_COLUMNS, squeeze=False, figsize=(1.8 * CONTACT_SHEET_COLUMNS, 1.9 * len(rows))
+            )
             for (r, key), row_axes in zip(rows, axes):
                 height, width = dataset.info["features"][key]["shape"][:2]
                 scale = min(1.0, PREVIEW_SIZE / max(height, width))  # decode small: big episodes stay cheap
@@ -627,8 +753,16 @@ def write_previews(dataset: LeRobotDataset, results: list[EpisodeResult], output
                     if j < len(frames):
                         ax.imshow(frames[j])
                         ax.set_title(f"ep {r.episode_index} t={j / dataset.fps:.2f}s", fontsize=7)
-                row_axes[0].text(-0.1, 0.5, key.rsplit(".", 1)[-1], transform=row_axes[0].transAxes,
-                                 rotation=90, va="center", ha="right", fontsize=7)
+                row_axes[0].text(
+                    -0.1,
+                    0.5,
+                    key.rsplit(".", 1)[-1],
+                    transform=row_axes[0].transAxes,
+                    rotation=90,
+                    va="center",
+                    ha="right",
+                    fontsize=7,
+                )
             fig.tight_layout()
             fig.savefig(tmp / "contact_sheet.png", dpi=80)
             plt.close(fig)
@@ -637,8 +771,15 @@ def write_previews(dataset: LeRobotDataset, results: list[EpisodeResult], output
 
 
 # --- the stage ------------------------------------------------------------------------------------
-def verify(root: Path, output: Path, source: Path | None = None, min_psnr_db: float = 35.0,
-           sampled_frames: int = 8, preview_episodes: int = 2, workers: int = 1) -> dict:
+def verify(
+    root: Path,
+    output: Path,
+    source: Path | dict[str, Path] | None = None,
+    min_psnr_db: float = 35.0,
+    sampled_frames: int = 8,
+    preview_episodes: int = 2,
+    workers: int = 1,
+) -> dict:
     output = Path(output)
     (output / REPORT).unlink(missing_ok=True)  # a bad-input error below must not leave an old pass behind
     dataset = LeRobotDataset(root)
@@ -652,12 +793,15 @@ def verify(root: Path, output: Path, source: Path | None = None, min_psnr_db: fl
     for e in episodes:
         first_index[e["episode_index"]], offset = offset, offset + e["length"]
     tasks = {row.get("task_index") for row in read_jsonl(dataset.root / "meta" / "tasks.jsonl")}
-    source_check = SourceCheck(dataset, Path(source)) if source is not None else None
+    source_check = (
+        SourceCheck(dataset, source if isinstance(source, dict) else Path(source)) if source is not None else None
+    )
     ctx = Context(dataset, first_index, tasks, source_check, sampled_frames, min_psnr_db)
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # ffmpeg subprocesses and arrow reads run in parallel
-            results = list(tqdm(pool.map(lambda e: check_episode(ctx, e), episodes), total=len(episodes),
-                                desc="verify", unit="ep"))
+            results = list(
+                tqdm(pool.map(lambda e: check_episode(ctx, e), episodes), total=len(episodes), desc="verify", unit="ep")
+            )
     finally:
         if source_check is not None:
             source_check.close()
@@ -682,14 +826,30 @@ def verify(root: Path, output: Path, source: Path | None = None, min_psnr_db: fl
     document = {
         "passed": passed,
         "dataset": str(root),
-        "source": str(source) if source is not None else None,
+        "source": (
+            {name: str(path) for name, path in source.items()}
+            if isinstance(source, dict)
+            else str(source)
+            if source is not None
+            else None
+        ),
         "episodes": len(dataset.episodes),
         "frames": sum(e.get("length", 0) for e in dataset.episodes),
         "failures": sum(1 for c in checks if not c["passed"] and not c.get("summary")),
         "checks": checks,
-        "psnr_db": ({"min": min(psnr), "mean": float(np.mean(psnr)), "frames_compared": len(psnr),
-                     "reference": "HDF5 frame through rgb24 -> yuv420p -> rgb24", "threshold": min_psnr_db,
-                     "threshold_min": min(thresholds), "encoder_min": min(encoder)} if psnr else None),
+        "psnr_db": (
+            {
+                "min": min(psnr),
+                "mean": float(np.mean(psnr)),
+                "frames_compared": len(psnr),
+                "reference": "HDF5 frame through rgb24 -> yuv420p -> rgb24",
+                "threshold": min_psnr_db,
+                "threshold_min": min(thresholds),
+                "encoder_min": min(encoder),
+            }
+            if psnr
+            else None
+        ),
         "preview": previews,
     }
     keep, drop = (REPORT, FAILED_REPORT) if passed else (FAILED_REPORT, REPORT)

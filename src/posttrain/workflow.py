@@ -8,7 +8,8 @@ The dispatcher cli.py and this module are left out (they change no stage's outpu
 
 Also here: the config the rules see (config/config.yaml, the hardware preset, the user's overlays
 and --config, merged in that order), the one-line config errors, the content fingerprint of a source
-HDF5 (its content, not its mtime, re-runs conversion), and the embodiment files conversion reads.
+HDF5 (its content, not its mtime, re-runs conversion), the embodiment files conversion reads, and
+each rule's command-line flags from its config block (posttrain.settings).
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from posttrain import settings
 from posttrain.embodiment import load_embodiment
 from posttrain.errors import PosttrainError
 
 PACKAGE = Path(__file__).resolve().parent  # src/posttrain
-NOT_HASHED = ("posttrain", "posttrain.cli", "posttrain.workflow")
+# posttrain.settings too: a rule passes every setting as a flag (stage_flags), so its defaults and help
+# texts never change what a workflow job computes.
+NOT_HASHED = ("posttrain", "posttrain.cli", "posttrain.workflow", "posttrain.settings")
 
 
 def module_file(name: str, package: Path = PACKAGE) -> Path | None:
@@ -188,13 +193,16 @@ def hardware_preset(name, hw_dir: Path) -> dict:
         return {}
     path = Path(hw_dir) / f"{name}.yaml"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
-        raise PosttrainError(f"config: hardware: {name!r} is not a preset (known: "
-                             f"{', '.join(hardware_presets(hw_dir))}; files {hw_dir}/<name>.yaml)")
+        raise PosttrainError(
+            f"config: hardware: {name!r} is not a preset (known: "
+            f"{', '.join(hardware_presets(hw_dir))}; files {hw_dir}/<name>.yaml)"
+        )
     return read_config_file(path)
 
 
-def workflow_config(default: Path, hw_dir: Path, configfiles: list, cli: dict, schema: dict,
-                    replace: bool = False) -> dict:
+def workflow_config(
+    default: Path, hw_dir: Path, configfiles: list, cli: dict, schema: dict, replace: bool = False
+) -> dict:
     """The config the rules see: `default` < hw_dir/<hardware>.yaml < `configfiles` < `cli` (--config,
     and a profile's `config:`). `hardware` itself may come from any layer. The default file among
     `configfiles` (the README's older `--configfile config/config.yaml my.yaml`) is skipped: it is
@@ -218,7 +226,8 @@ def check_hardware(config: dict, explicit: bool, train_gpus: int, hw_dir: Path) 
         raise PosttrainError(
             f"config: hardware: not set, but train gets {train_gpus} GPU(s) from the profile "
             "(a --config on the command line replaces the profile's `config:`, which names the preset): "
-            f"add hardware=NAME to --config ({', '.join(hardware_presets(hw_dir))})")
+            f"add hardware=NAME to --config ({', '.join(hardware_presets(hw_dir))})"
+        )
 
 
 def config_error(cfg: dict, schema: dict) -> str | None:
@@ -312,3 +321,142 @@ def put_first_on_path(directory: str | os.PathLike) -> None:
     """Jobs call `posttrain`, `accelerate` and `torchrun` from the environment Snakemake runs in, also
     when it was started as .venv/bin/snakemake without activating the venv (Slurm jobs inherit PATH)."""
     os.environ["PATH"] = os.pathsep.join([str(directory), os.environ.get("PATH", "")])
+
+
+# --- command-line flags from config ---------------------------------------------------------------
+def stage_flags(stage: str, block: dict) -> str:
+    """The flags that give `posttrain <stage>` exactly the config block's values (posttrain.settings):
+    the rule's one config `params:` value, so editing any setting re-runs the stage and nothing else."""
+    return shlex.join(settings.command_line(settings.STAGES[stage], block))
+
+
+GR00T_OWN = ("gradient_accumulation_steps", "tune_llm", "tune_visual", "tune_projector", "tune_diffusion_model")
+
+
+def train_flags(block: dict) -> str:
+    """stage_flags of train. With the gr00t backend, train.gr00t's own tune_* switches and accumulation
+    replace the native policy's; with the native one, train.gr00t is not passed (editing it retrains nothing)."""
+    block = dict(block)
+    gr00t = block.pop("gr00t", {})
+    if block["backend"] == "gr00t":
+        if not gr00t.get("repo"):
+            raise PosttrainError(
+                "config: train.gr00t.repo: empty, but train.backend is gr00t "
+                "(set it to an Isaac-GR00T checkout, n1.6-release)"
+            )
+        block.update({key: gr00t[key] for key in GR00T_OWN if key in gr00t})
+        block["gr00t"] = gr00t
+    return stage_flags("train", block)
+
+
+# --- several sources (dataset.sources) ---------------------------------------------------------------
+def sources_error(cfg: dict, default_source: dict | None, synth_schema: dict) -> str | None:
+    """What the schema cannot say about dataset.sources, as one line (None: fine): dataset.source set as
+    well (the default config always has one, so only another value is an error), a name that is not a
+    string, and each source's synth: overrides against the synth: block's schema (without filling in its
+    defaults, which would hide the top-level block's values)."""
+    sources = cfg["dataset"].get("sources")
+    if not sources:
+        return None
+    if cfg["dataset"].get("source") not in (None, default_source):
+        return (
+            "dataset.source and dataset.sources are both set: with sources, every source is an entry of "
+            "dataset.sources; remove dataset.source from your config"
+        )
+    for name, spec in sources.items():
+        if not isinstance(name, str):  # YAML reads `1:` or `null:` as a number or None
+            return f"dataset.sources: source name {name!r} is not a string; quote it"
+        keys = ["dataset", "sources", name, "synth"]
+        problem = config_error(_nested(keys, spec.get("synth", {})), _nested(keys, synth_schema, schema=True))
+        if problem:
+            return f"{problem} (schema: config/schema.yaml, synth:)"
+    return None
+
+
+def _nested(keys: list[str], leaf: dict, schema: bool = False) -> dict:
+    """{keys[0]: {keys[1]: ... leaf}}, or the schema of objects that holds `leaf` (a schema) there."""
+    for key in reversed(keys):
+        leaf = {"type": "object", "properties": {key: leaf}} if schema else {key: leaf}
+    return leaf
+
+
+TASK_KEYS = ("language_instruction", "task_index")  # a source's task: given to the gather only
+
+
+def source_synth_flags(cfg: dict, name: str | None) -> str:
+    """synth's flags for one source: the top-level synth: block with the source's own overrides."""
+    overrides = cfg["dataset"]["sources"][name].get("synth", {}) if name is not None else {}
+    return stage_flags("synth", {**cfg["synth"], **overrides})
+
+
+def source_convert_flags(cfg: dict, name: str | None) -> str:
+    """convert's flags for one source's shards. With several sources the convert: block goes without the
+    task, which the gather gives each source (gather_flags): an instruction edit re-encodes nothing."""
+    if name is None:
+        return stage_flags("convert", cfg["convert"])
+    block = {key: value for key, value in cfg["convert"].items() if key not in TASK_KEYS}
+    return shlex.join([*shlex.split(stage_flags("convert", block)), "--source", name])
+
+
+def gather_flags(sources: dict) -> str:
+    """Each source's task for the gather: its instruction, and its task index where the config sets one
+    (the others: same instruction, same task; else numbered in order: posttrain.sources)."""
+    args = []
+    for name, spec in sources.items():
+        args += ["--source-instruction", f"{name}={spec['language_instruction']}"]
+        if spec.get("task_index") is not None:
+            args += ["--source-task-index", f"{name}={spec['task_index']}"]
+    return shlex.join(args)
+
+
+def hub_source_flags(spec: dict, where: str) -> str:
+    """`posttrain hub download` flags for a Hub source (`where`: its config key, for the messages)."""
+    args = [
+        "--repo-id",
+        spec["repo_id"],
+        "--repo-type",
+        spec.get("repo_type", "dataset"),
+        "--format",
+        spec.get("format", "hdf5"),
+    ]
+    if spec.get("revision"):
+        args += ["--revision", spec["revision"]]
+    if spec.get("format", "hdf5") == "hdf5":
+        path = spec.get("path") or spec.get("filename")
+        if not path:
+            raise PosttrainError(
+                f"config: {where}.path: needed for a hub source with format hdf5 (the HDF5 file inside the repository)"
+            )
+        args += ["--path", path]
+    else:
+        patterns = spec.get("include")
+        if not patterns:
+            raise PosttrainError(
+                f"config: {where}.include: needed for a hub source with format lerobot "
+                "(glob(s) of the dataset's files, e.g. 'task/lerobot/**')"
+            )
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            args += ["--include", pattern]
+    return shlex.join(str(a) for a in args)
+
+
+def upload_flags(hub_upload: dict, repo_key: str) -> str:
+    args = ["--repo-id", hub_upload[repo_key]]
+    if hub_upload.get("private"):
+        args.append("--private")
+    if hub_upload.get("dry_run"):
+        args.append("--dry-run")
+    return shlex.join(args)
+
+
+def policy_image_size(preset: str, package: Path = PACKAGE) -> int:
+    """A native preset's image size, from the package's policy/presets.py loaded on its own: importing
+    the posttrain.policy package would import torch, which the Snakemake process need not have."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("posttrain_policy_presets", Path(package) / "policy" / "presets.py")
+    presets = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = presets  # @dataclass looks its module up there
+    spec.loader.exec_module(presets)
+    return presets.PolicyConfig.from_preset(preset).image_size

@@ -34,28 +34,29 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-GIB = 2 ** 30
-CARD_24GB = 24 * GIB          # an RTX 3090 / 4090 (24,564 MiB)
-CARD_48GB = 48 * GIB          # an RTX 6000 Ada (49,140 MiB), the seed's single-GPU card
-FIT_FRACTION = 0.8            # fits = peak <= 80 % of the card
+GIB = 2**30
+CARD_24GB = 24 * GIB  # an RTX 3090 / 4090 (24,564 MiB)
+CARD_48GB = 48 * GIB  # an RTX 6000 Ada (49,140 MiB), the seed's single-GPU card
+FIT_FRACTION = 0.8  # fits = peak <= 80 % of the card
 OVERHEAD = 1 * GIB
 
 FP32, BF16 = 4, 2
-ADAMW_STATE = 2 * FP32        # exp_avg and exp_avg_sq
+ADAMW_STATE = 2 * FP32  # exp_avg and exp_avg_sq
 
 
 @dataclass
 class Budget:
     """Bytes of one training step's peak, by what holds them."""
+
     backend: str
-    setting: str               # e.g. "large" or "projector"
+    setting: str  # e.g. "large" or "projector"
     micro_batch: int
     trainable_params: int
     frozen_params: int
     weights: int
     gradients: int
     optimizer: int
-    saved_for_backward: int    # bf16 weight copies + activations at the micro-batch
+    saved_for_backward: int  # bf16 weight copies + activations at the micro-batch
     optimizer_step_temporary: int
     overhead: int = OVERHEAD
 
@@ -68,29 +69,54 @@ class Budget:
         return self.peak <= FIT_FRACTION * card
 
     def to_dict(self) -> dict:
-        gib = {k: round(v / GIB, 2) for k, v in asdict(self).items()
-               if k in ("weights", "gradients", "optimizer", "saved_for_backward", "optimizer_step_temporary",
-                        "overhead")}
-        return {"backend": self.backend, "setting": self.setting, "micro_batch": self.micro_batch,
-                "trainable_params": self.trainable_params, "frozen_params": self.frozen_params,
-                **{f"{k}_gib": v for k, v in gib.items()}, "peak_gib": round(self.peak / GIB, 2),
-                "of_24gb": round(self.peak / CARD_24GB, 3), "fits_24gb": self.fits(CARD_24GB)}
+        gib = {
+            k: round(v / GIB, 2)
+            for k, v in asdict(self).items()
+            if k in ("weights", "gradients", "optimizer", "saved_for_backward", "optimizer_step_temporary", "overhead")
+        }
+        return {
+            "backend": self.backend,
+            "setting": self.setting,
+            "micro_batch": self.micro_batch,
+            "trainable_params": self.trainable_params,
+            "frozen_params": self.frozen_params,
+            **{f"{k}_gib": v for k, v in gib.items()},
+            "peak_gib": round(self.peak / GIB, 2),
+            "of_24gb": round(self.peak / CARD_24GB, 3),
+            "fits_24gb": self.fits(CARD_24GB),
+        }
 
 
-def _budget(backend: str, setting: str, micro_batch: int, trainable: int, frozen: int, frozen_bytes: int,
-            saved: int) -> Budget:
-    return Budget(backend=backend, setting=setting, micro_batch=micro_batch, trainable_params=trainable,
-                  frozen_params=frozen, weights=trainable * FP32 + frozen * frozen_bytes,
-                  gradients=trainable * FP32, optimizer=trainable * ADAMW_STATE, saved_for_backward=saved,
-                  optimizer_step_temporary=trainable * FP32)
+def _budget(
+    backend: str, setting: str, micro_batch: int, trainable: int, frozen: int, frozen_bytes: int, saved: int
+) -> Budget:
+    return Budget(
+        backend=backend,
+        setting=setting,
+        micro_batch=micro_batch,
+        trainable_params=trainable,
+        frozen_params=frozen,
+        weights=trainable * FP32 + frozen * frozen_bytes,
+        gradients=trainable * FP32,
+        optimizer=trainable * ADAMW_STATE,
+        saved_for_backward=saved,
+        optimizer_step_temporary=trainable * FP32,
+    )
 
 
 # ----------------------------------------------------------------------------- native policy
 
 
-def native_budget(config, micro_batch: int, mixed_precision: str = "bf16", tune_llm: bool = False,
-                  tune_visual: bool = True, tune_projector: bool = True, tune_diffusion_model: bool = True,
-                  setting: str = "") -> Budget:
+def native_budget(
+    config,
+    micro_batch: int,
+    mixed_precision: str = "bf16",
+    tune_llm: bool = False,
+    tune_visual: bool = True,
+    tune_projector: bool = True,
+    tune_diffusion_model: bool = True,
+    setting: str = "",
+) -> Budget:
     """The native policy's peak for `config` (a PolicyConfig) at `micro_batch` samples per device."""
     # Fake tensors carry shapes and dtypes only (no memory, no compute); torch.compile relies on them.
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -99,8 +125,12 @@ def native_budget(config, micro_batch: int, mixed_precision: str = "bf16", tune_
 
     with FakeTensorMode():
         model = PolicyModel(config)
-        model.set_trainable(tune_llm=tune_llm, tune_visual=tune_visual, tune_projector=tune_projector,
-                            tune_diffusion_model=tune_diffusion_model)
+        model.set_trainable(
+            tune_llm=tune_llm,
+            tune_visual=tune_visual,
+            tune_projector=tune_projector,
+            tune_diffusion_model=tune_diffusion_model,
+        )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         saved = saved_for_backward(model, fake_batch(config, micro_batch), mixed_precision)
@@ -137,20 +167,22 @@ def saved_for_backward(model, batch: dict, mixed_precision: str = "bf16") -> int
         return tensor
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
-          torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+    ):
         model(batch)
     return sum(saved.values())
 
 
 # ----------------------------------------------------------------------------- GR00T N1.6-3B
 # Parameter counts from shared/docs/gr00t_n16.md §4.
-GR00T_BACKBONE = 1.56e9              # Eagle-Block2A-2B-v2: SigLIP2 + mlp1 + Qwen3-1.7B cut after layer 16
-GR00T_ACTION_HEAD = 1.42e9           # LayerNorm + AlternateVLDiT (32 x 1536) + per-embodiment MLPs
-GR00T_PROJECTOR = 32 * 10e6          # 32 embodiment slots of ~10M (all trainable with --tune-projector)
-GR00T_DEFAULT_TRAINABLE = 1.62e9     # action head + the top 4 LLM layers (trained even with --no-tune-llm)
-GR00T_TOP_LLM = GR00T_DEFAULT_TRAINABLE - GR00T_ACTION_HEAD   # 0.20B, always trainable
-GR00T_DIFFUSION = GR00T_ACTION_HEAD - GR00T_PROJECTOR          # 1.10B
+GR00T_BACKBONE = 1.56e9  # Eagle-Block2A-2B-v2: SigLIP2 + mlp1 + Qwen3-1.7B cut after layer 16
+GR00T_ACTION_HEAD = 1.42e9  # LayerNorm + AlternateVLDiT (32 x 1536) + per-embodiment MLPs
+GR00T_PROJECTOR = 32 * 10e6  # 32 embodiment slots of ~10M (all trainable with --tune-projector)
+GR00T_DEFAULT_TRAINABLE = 1.62e9  # action head + the top 4 LLM layers (trained even with --no-tune-llm)
+GR00T_TOP_LLM = GR00T_DEFAULT_TRAINABLE - GR00T_ACTION_HEAD  # 0.20B, always trainable
+GR00T_DIFFUSION = GR00T_ACTION_HEAD - GR00T_PROJECTOR  # 1.10B
 
 
 def _vit_layer_params(width: int, ffn: int) -> int:
@@ -159,7 +191,7 @@ def _vit_layer_params(width: int, ffn: int) -> int:
 
 # SigLIP2 (27 layers, width 1152; MLP width 4304, SigLIP-so400m's) + mlp1 (LayerNorm, 4608->2048->2048).
 GR00T_VISUAL = 27 * _vit_layer_params(1152, 4304) + (2 * 4608 + 4608 * 2048 + 2048 + 2048 * 2048 + 2048)
-GR00T_LLM = GR00T_BACKBONE - GR00T_VISUAL                     # 1.13B, the top 4 layers included
+GR00T_LLM = GR00T_BACKBONE - GR00T_VISUAL  # 1.13B, the top 4 layers included
 
 # Activation shapes per sample: ~196 VL tokens (the doc's collated input_ids); one camera view of
 # 16 x 16 SigLIP patches (224 px, patch 14; 64 tokens after pixel shuffle); the DiT runs over
@@ -170,8 +202,15 @@ GR00T_PATCHES_PER_VIEW = 256
 GR00T_DIT_TOKENS = 1 + 50
 
 
-def layer_activation_bytes(tokens: int, width: int, ffn: int, heads: int, context: int | None = None,
-                           gated: bool = False, dropout: bool = False) -> int:
+def layer_activation_bytes(
+    tokens: int,
+    width: int,
+    ffn: int,
+    heads: int,
+    context: int | None = None,
+    gated: bool = False,
+    dropout: bool = False,
+) -> int:
     """Bytes one pre-norm transformer layer saves per sample in 16-bit (Korthikanti et al. 2022,
     "Reducing activation recomputation", generalised to cross-attention and gated MLPs).
 
@@ -200,8 +239,14 @@ def gr00t_activation_bytes(tune_llm: bool, tune_visual: bool, views: int = 1) ->
     return total
 
 
-def gr00t_budget(micro_batch: int, tune_llm: bool = False, tune_visual: bool = False, tune_projector: bool = True,
-                 tune_diffusion_model: bool = True, setting: str = "") -> Budget:
+def gr00t_budget(
+    micro_batch: int,
+    tune_llm: bool = False,
+    tune_visual: bool = False,
+    tune_projector: bool = True,
+    tune_diffusion_model: bool = True,
+    setting: str = "",
+) -> Budget:
     """GR00T N1.6-3B's peak under launch_finetune.py's fixed recipe (AdamW, bf16 autocast, no
     gradient checkpointing) with these --tune-* switches, at `micro_batch` samples per GPU."""
     groups = {  # parameters, trainable?
@@ -232,7 +277,12 @@ def train_budgets(train: dict, num_gpus: int = 1) -> dict[str, Budget]:
     tune = ("tune_llm", "tune_visual", "tune_projector", "tune_diffusion_model")
     gr00t_setting = "+".join(k.removeprefix("tune_") for k in tune if g[k]) or "nothing"
     return {
-        "native": native_budget(PolicyConfig.from_preset(train["preset"]), native_micro, train["mixed_precision"],
-                                **{k: train[k] for k in tune}, setting=train["preset"]),
+        "native": native_budget(
+            PolicyConfig.from_preset(train["preset"]),
+            native_micro,
+            train["mixed_precision"],
+            **{k: train[k] for k in tune},
+            setting=train["preset"],
+        ),
         "gr00t": gr00t_budget(gr00t_micro, **{k: g[k] for k in tune}, setting=gr00t_setting),
     }

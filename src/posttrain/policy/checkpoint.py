@@ -3,7 +3,8 @@
 A checkpoint directory holds `model.safetensors` (the unwrapped model's state_dict, which is also
 what accelerate's `save_state` writes), `model_config.json` (PolicyConfig), the dataset's
 `stats.json` and `modality.json`, and optionally `split.json`. `Policy.predict` takes raw
-observations (uint8 images of any size, raw state, instruction text) and returns raw actions.
+observations (uint8 images of any size and shape, raw state, instruction text) and returns raw
+actions; which columns make the raw state and action vectors is `posttrain.layout`'s rule.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from posttrain.errors import PosttrainError
 from posttrain.files import atomic_file, write_json_atomic
+from posttrain.video import centre_square
 
 from .model import PolicyModel
 from .normalize import Normalizer
@@ -35,8 +37,14 @@ SPLIT_FILE = "split.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def save_pretrained(model: PolicyModel, directory: str | os.PathLike, *, stats: dict | None = None,
-                    modality: dict | None = None, split: dict | None = None) -> None:
+def save_pretrained(
+    model: PolicyModel,
+    directory: str | os.PathLike,
+    *,
+    stats: dict | None = None,
+    modality: dict | None = None,
+    split: dict | None = None,
+) -> None:
     """Write model.safetensors + model_config.json (and the optional json files) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,27 +85,37 @@ def load_model(directory: str | os.PathLike, config: PolicyConfig | None = None)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise PosttrainError(f"{path}: does not match {CONFIG_FILE}: missing keys {missing[:3]}, "
-                             f"unexpected keys {unexpected[:3]}")
+        raise PosttrainError(
+            f"{path}: does not match {CONFIG_FILE}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+        )
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise PosttrainError(f"{path}: {key}: shape {tuple(value.shape)}, expected "
-                                 f"{tuple(expected[key].shape)} from {CONFIG_FILE}")
+            raise PosttrainError(
+                f"{path}: {key}: shape {tuple(value.shape)}, expected {tuple(expected[key].shape)} from {CONFIG_FILE}"
+            )
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise PosttrainError(f"{path}: {key}: non-finite weights (NaN or inf): the run that wrote this "
-                                 "checkpoint diverged; retrain it (e.g. with a lower learning rate)")
+            raise PosttrainError(
+                f"{path}: {key}: non-finite weights (NaN or inf): the run that wrote this "
+                "checkpoint diverged; retrain it (e.g. with a lower learning rate)"
+            )
     model.load_state_dict(state)
     return model.eval()
 
 
 def images_to_tensor(images, image_size: int) -> torch.Tensor:
-    """uint8 (B, V, H, W, 3) -> float32 (B, V, 3, image_size, image_size) in [0, 1] (area resampling)."""
+    """uint8 (B, V, H, W, 3) -> float32 (B, V, 3, image_size, image_size) in [0, 1].
+
+    The centre square of each image, area-resampled to image_size: the pixels training saw
+    (`posttrain.video.read_square_frames` decodes videos the same way), whatever the camera's shape.
+    """
     images = torch.as_tensor(np.asarray(images))
     if images.ndim != 5 or images.shape[-1] != 3:
         raise PosttrainError(f"images: shape {tuple(images.shape)}, expected (B, V, H, W, 3) uint8")
     B, V, H, W, _ = images.shape
-    x = images.permute(0, 1, 4, 2, 3).reshape(B * V, 3, H, W).float() / 255.0
-    if (H, W) != (image_size, image_size):
+    top, left, side = centre_square(H, W)
+    images = images[:, :, top : top + side, left : left + side]
+    x = images.permute(0, 1, 4, 2, 3).reshape(B * V, 3, side, side).float() / 255.0
+    if side != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="area")
     return x.reshape(B, V, 3, image_size, image_size)
 
@@ -105,15 +123,23 @@ def images_to_tensor(images, image_size: int) -> torch.Tensor:
 class Policy:
     """A trained model with its normalizer: raw observations in, raw actions out."""
 
-    def __init__(self, model: PolicyModel, normalizer: Normalizer, config: PolicyConfig | None = None, *,
-                 stats: dict | None = None, modality: dict | None = None, split: dict | None = None):
+    def __init__(
+        self,
+        model: PolicyModel,
+        normalizer: Normalizer,
+        config: PolicyConfig | None = None,
+        *,
+        stats: dict | None = None,
+        modality: dict | None = None,
+        split: dict | None = None,
+    ):
         self.model = model.eval()
         self.normalizer = normalizer
         self.config = config or model.config
         self.stats, self.modality, self.split = stats, modality, split
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Policy":
+    def from_checkpoint(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
         directory = Path(directory)
         if not directory.is_dir():
             raise PosttrainError(f"{directory}: checkpoint directory not found")
@@ -121,8 +147,13 @@ class Policy:
         stats = _read_json(directory / STATS_FILE)
         modality = _read_json(directory / MODALITY_FILE)
         split = _read_json(directory / SPLIT_FILE) if (directory / SPLIT_FILE).exists() else None
-        normalizer = Normalizer(stats, modality, config, stats_name=str(directory / STATS_FILE),
-                                modality_name=str(directory / MODALITY_FILE))
+        normalizer = Normalizer(
+            stats,
+            modality,
+            config,
+            stats_name=str(directory / STATS_FILE),
+            modality_name=str(directory / MODALITY_FILE),
+        )
         model = load_model(directory, config).to(device)
         return cls(model, normalizer, config, stats=stats, modality=modality, split=split)
 
@@ -132,8 +163,10 @@ class Policy:
 
     @torch.no_grad()
     def predict(self, images, state, texts: list[str], generator: torch.Generator | None = None) -> np.ndarray:
-        """images uint8 (B, V, H, W, 3), state raw (B, state_dim), texts (B strings) -> raw actions
-        float32 (B, action_horizon, action_dim). A seeded CPU `generator` makes it deterministic."""
+        """images uint8 (B, V, H, W, 3) of any H x W (the centre square is used), state raw (B, state_dim),
+        texts (B strings) -> raw actions float32 (B, action_horizon, action_dim). Raw vectors are the
+        columns of `normalizer.state_layout` / `action_layout` side by side (GR1: observation.state and
+        action; G1: plus the eef pose and teleop columns). A seeded CPU `generator` makes it deterministic."""
         c = self.config
         state = np.asarray(state, dtype=np.float32)
         pixels = images_to_tensor(images, c.image_size)

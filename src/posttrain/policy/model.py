@@ -107,14 +107,14 @@ class VisualEncoder(nn.Module):
 
     def forward(self, images):
         B, V = images.shape[:2]
-        x = self.stem(images.flatten(0, 1) * 2.0 - 1.0)        # [0, 1] -> [-1, 1]; (B*V, w, g, g)
-        x = x.flatten(2).transpose(1, 2) + self.pos              # (B*V, g*g, w)
+        x = self.stem(images.flatten(0, 1) * 2.0 - 1.0)  # [0, 1] -> [-1, 1]; (B*V, w, g, g)
+        x = x.flatten(2).transpose(1, 2) + self.pos  # (B*V, g*g, w)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x).transpose(1, 2).reshape(B * V, -1, self.grid, self.grid)
         x = F.adaptive_avg_pool2d(x, self.tokens_per_side).flatten(2).transpose(1, 2)  # (B*V, k*k, w)
         x = x.reshape(B, V, -1, x.shape[-1]) + self.camera[None, :, None, :]
-        return x.flatten(1, 2)                                    # (B, V*k*k, w)
+        return x.flatten(1, 2)  # (B, V*k*k, w)
 
 
 # ----------------------------------------------------------------------------- 3. language encoder
@@ -125,13 +125,14 @@ class LanguageEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(c.text_vocab_size, c.language_width, padding_idx=PAD_ID)
         self.pos = nn.Parameter(torch.zeros(1, c.text_max_length, c.language_width))
-        self.blocks = nn.ModuleList(TransformerBlock(c.language_width, c.language_heads, c.dropout)
-                                    for _ in range(c.language_depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c.language_width, c.language_heads, c.dropout) for _ in range(c.language_depth)
+        )
         self.norm = nn.LayerNorm(c.language_width)
         nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, tokens):
-        mask = tokens != PAD_ID                                   # (B, L) True = real token
+        mask = tokens != PAD_ID  # (B, L) True = real token
         x = self.embed(tokens) + self.pos[:, : tokens.shape[1]]
         for block in self.blocks:
             x = block(x, key_mask=mask)
@@ -184,24 +185,28 @@ class PolicyModel(nn.Module):
         self.language = LanguageEncoder(c)
         self.visual = VisualEncoder(c)
 
-        self.projector = nn.ModuleDict(dict(
-            vision=nn.Linear(c.vision_width, w),
-            language=nn.Linear(c.language_width, w),
-            vl_norm=nn.LayerNorm(w),                                # GR00T's LayerNorm on the VL tokens
-            state=MLP(c.state_feature_dim, 2 * w, w),               # one state token
-            action_in=nn.Linear(c.action_dim, w),                   # action encoder W1
-            action_time=nn.Sequential(nn.Linear(2 * w, w), nn.SiLU(), nn.Linear(w, w)),  # W2(cat(a, t)), W3
-            action_out=MLP(w, w, c.action_dim),                     # action decoder
-        ))
+        self.projector = nn.ModuleDict(
+            dict(
+                vision=nn.Linear(c.vision_width, w),
+                language=nn.Linear(c.language_width, w),
+                vl_norm=nn.LayerNorm(w),  # GR00T's LayerNorm on the VL tokens
+                state=MLP(c.state_feature_dim, 2 * w, w),  # one state token
+                action_in=nn.Linear(c.action_dim, w),  # action encoder W1
+                action_time=nn.Sequential(nn.Linear(2 * w, w), nn.SiLU(), nn.Linear(w, w)),  # W2(cat(a, t)), W3
+                action_out=MLP(w, w, c.action_dim),  # action decoder
+            )
+        )
         self.action_pos = nn.Parameter(torch.zeros(1, c.action_horizon, w))  # learned, in the projector group
         nn.init.normal_(self.action_pos, std=0.02)
 
-        self.diffusion = nn.ModuleDict(dict(
-            time=nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)),
-            blocks=nn.ModuleList(DiTBlock(c, cross=(i % 2 == 0)) for i in range(c.head_depth)),
-            norm_out=nn.LayerNorm(w, elementwise_affine=False),
-            ada_out=nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w)),
-        ))
+        self.diffusion = nn.ModuleDict(
+            dict(
+                time=nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)),
+                blocks=nn.ModuleList(DiTBlock(c, cross=(i % 2 == 0)) for i in range(c.head_depth)),
+                norm_out=nn.LayerNorm(w, elementwise_affine=False),
+                ada_out=nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w)),
+            )
+        )
         nn.init.zeros_(self.diffusion.ada_out[1].weight)
         nn.init.zeros_(self.diffusion.ada_out[1].bias)
 
@@ -216,11 +221,20 @@ class PolicyModel(nn.Module):
             "diffusion": list(self.diffusion.parameters()),
         }
 
-    def set_trainable(self, tune_llm: bool = False, tune_visual: bool = True, tune_projector: bool = True,
-                      tune_diffusion_model: bool = True) -> None:
+    def set_trainable(
+        self,
+        tune_llm: bool = False,
+        tune_visual: bool = True,
+        tune_projector: bool = True,
+        tune_diffusion_model: bool = True,
+    ) -> None:
         """Set requires_grad per group (defaults are GR00T's launch_finetune.py defaults, visual aside)."""
-        switches = {"language": tune_llm, "visual": tune_visual, "projector": tune_projector,
-                    "diffusion": tune_diffusion_model}
+        switches = {
+            "language": tune_llm,
+            "visual": tune_visual,
+            "projector": tune_projector,
+            "diffusion": tune_diffusion_model,
+        }
         for group, params in self.parameter_groups().items():
             for p in params:
                 p.requires_grad_(bool(switches[group]))
@@ -245,7 +259,7 @@ class PolicyModel(nn.Module):
         a = self.projector.action_in(noisy_action)
         a = self.projector.action_time(torch.cat([a, t_sin[:, None, :].expand_as(a)], dim=-1))
         a = a + self.action_pos[:, : a.shape[1]]
-        x = torch.cat([state_token, a], dim=1)                   # (B, 1 + H, w)
+        x = torch.cat([state_token, a], dim=1)  # (B, 1 + H, w)
         temb = self.diffusion.time(t_sin)
         # "alternate" (N1.6's AlternateVLDiT): cross-attention blocks take turns attending to image
         # tokens and to text tokens. "joint": every cross-attention block sees both.
@@ -265,7 +279,7 @@ class PolicyModel(nn.Module):
             cross_index += 1
         shift, scale = self.diffusion.ada_out(temb)[:, None, :].chunk(2, dim=-1)
         x = self.diffusion.norm_out(x) * (1 + scale) + shift
-        return self.projector.action_out(x[:, 1:])              # drop the state token
+        return self.projector.action_out(x[:, 1:])  # drop the state token
 
     # -- training ------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ Inputs and outputs are numpy (float32); torch tensors are accepted and converted
 
 Bounds are per dimension: for every group in `modality[kind]`,
 `stats[group.original_key][stat][start:end]` (original_key defaults to `observation.state` /
-`action`), exactly how GR00T's loader slices them. Normalized vectors list the groups in modality
-order; `unnormalize_action` scatters them back to raw column positions.
+`action`), exactly how GR00T's loader slices them. Raw vectors are the groups' columns side by
+side (`posttrain.layout`: for GR1 just `observation.state` / `action`; for G1 the eef pose and
+teleop columns too). Normalized vectors list the groups in modality order; `unnormalize_action`
+scatters them back to raw vector positions.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from posttrain.errors import PosttrainError
+from posttrain.layout import Layout, group_columns, layout
 
-DEFAULT_KEYS = {"state": "observation.state", "action": "action"}
 EPS = 1e-8
 
 
@@ -31,43 +33,57 @@ def _as_numpy(x) -> np.ndarray:
 
 
 class _Bounds:
-    """Per-dimension (lo, hi) and the raw column index of each normalized dimension."""
+    """Per-dimension (lo, hi), the raw vector position of each normalized dimension, and the layout."""
 
-    def __init__(self, kind: str, stats: dict, modality: dict, dim: int, use_percentiles: bool,
-                 stats_name: str, modality_name: str):
-        groups = modality.get(kind)
-        if not isinstance(groups, dict) or not groups:
-            raise PosttrainError(f"{modality_name}: no {kind!r} groups")
+    def __init__(
+        self,
+        kind: str,
+        stats: dict,
+        modality: dict,
+        dim: int,
+        use_percentiles: bool,
+        stats_name: str,
+        modality_name: str,
+    ):
         lo_key, hi_key = ("q01", "q99") if use_percentiles else ("min", "max")
-        self.group_slices: list[slice] = []   # positions in the normalized vector
+        columns = group_columns(modality, kind, modality_name)
+        widths = {
+            column: self._width(
+                stats, column, (lo_key, hi_key), dim if len(columns) == 1 else None, f"{kind}_dim", stats_name
+            )
+            for column in columns
+        }
+        if sum(widths.values()) != dim:
+            raise PosttrainError(
+                f"{stats_name}: {kind} columns {widths} have {sum(widths.values())} values in all, "
+                f"expected {kind}_dim {dim}"
+            )
+        self.layout = layout(modality, kind, widths, modality_name)
+        self.group_slices: list[slice] = []  # positions in the normalized vector
         index, lo, hi = [], [], []
-        for name, group in groups.items():
-            try:
-                start, end = int(group["start"]), int(group["end"])
-            except (KeyError, TypeError, ValueError):
-                raise PosttrainError(f"{modality_name}: {kind}.{name}: needs integer start and end") from None
-            column = group.get("original_key", DEFAULT_KEYS[kind])
-            if not 0 <= start < end <= dim:
-                raise PosttrainError(f"{modality_name}: {kind}.{name}: slice {start}:{end} does not fit "
-                                     f"the policy's {kind}_dim {dim}")
-            for stat in (lo_key, hi_key):
-                values = stats.get(column, {}).get(stat)
-                if values is None:
-                    raise PosttrainError(f"{stats_name}: {column}: missing {stat!r}")
-                if len(values) != dim:
-                    raise PosttrainError(f"{stats_name}: {column}: {stat} has {len(values)} values, "
-                                         f"expected {kind}_dim {dim}")
-            self.group_slices.append(slice(len(index), len(index) + end - start))
-            index.extend(range(start, end))
-            lo.extend(stats[column][lo_key][start:end])
-            hi.extend(stats[column][hi_key][start:end])
-        if sorted(index) != list(range(dim)):
-            raise PosttrainError(f"{modality_name}: {kind} groups cover columns {sorted(set(index))[:3]}... "
-                                 f"({len(index)} in all), expected each of 0..{dim - 1} exactly once")
+        for group in self.layout.groups:
+            self.group_slices.append(slice(len(index), len(index) + group.end - group.start))
+            index.extend(range(group.positions.start, group.positions.stop))
+            lo.extend(stats[group.column][lo_key][group.start : group.end])
+            hi.extend(stats[group.column][hi_key][group.start : group.end])
         self.index = np.asarray(index, dtype=np.int64)
         self.lo = np.asarray(lo, dtype=np.float32)
         self.hi = np.asarray(hi, dtype=np.float32)
         self.span = np.maximum(self.hi - self.lo, EPS)
+
+    @staticmethod
+    def _width(stats: dict, column: str, keys: tuple[str, str], dim: int | None, dim_name: str, stats_name: str) -> int:
+        """The column's width in stats.json: both bounds present and as wide (as `dim`, when it is the only column)."""
+        bounds = [stats.get(column, {}).get(key) for key in keys]
+        for key, values in zip(keys, bounds):
+            if values is None:
+                raise PosttrainError(f"{stats_name}: {column}: missing {key!r}")
+        expected = len(bounds[0]) if dim is None else dim
+        for key, values in zip(keys, bounds):
+            if len(values) != expected:
+                wanted = f"{dim_name} {dim}" if dim is not None else f"{expected} as {keys[0]}"
+                raise PosttrainError(f"{stats_name}: {column}: {key} has {len(values)} values, expected {wanted}")
+        return expected
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         x = raw[..., self.index]
@@ -81,13 +97,23 @@ class _Bounds:
 
 
 class Normalizer:
-    def __init__(self, stats: dict, modality: dict, config, stats_name: str = "stats.json",
-                 modality_name: str = "modality.json"):
+    def __init__(
+        self, stats: dict, modality: dict, config, stats_name: str = "stats.json", modality_name: str = "modality.json"
+    ):
         self.config = config
         use_percentiles = config.action_normalization == "q01_q99"
         self.state = _Bounds("state", stats, modality, config.state_dim, use_percentiles, stats_name, modality_name)
-        self.action = _Bounds("action", stats, modality, config.action_dim, use_percentiles, stats_name,
-                              modality_name)
+        self.action = _Bounds("action", stats, modality, config.action_dim, use_percentiles, stats_name, modality_name)
+
+    @property
+    def state_layout(self) -> Layout:
+        """Which columns make the raw state vector, and where each state group sits in it."""
+        return self.state.layout
+
+    @property
+    def action_layout(self) -> Layout:
+        """Which columns make the raw action vector, and where each action group sits in it."""
+        return self.action.layout
 
     def _check(self, x: np.ndarray, dim: int, what: str) -> None:
         if x.ndim < 1 or x.shape[-1] != dim:
@@ -112,7 +138,7 @@ class Normalizer:
         return self.action.normalize(raw)
 
     def unnormalize_action(self, normalized) -> np.ndarray:
-        """Inverse of `normalize_action` (input clipped to [-1, 1] first), raw column order."""
+        """Inverse of `normalize_action` (input clipped to [-1, 1] first), in raw vector order."""
         normalized = _as_numpy(normalized)
         self._check(normalized, self.config.action_dim, "normalized action")
         return self.action.unnormalize(normalized)

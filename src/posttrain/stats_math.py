@@ -201,8 +201,9 @@ def chunk_starts(episode_lengths: list[int], horizon: int) -> np.ndarray:
     return np.concatenate(starts) if starts else np.zeros(0, np.int64)
 
 
-def relative_stats(state: np.ndarray, action: np.ndarray, episode_lengths: list[int],
-                   horizon: int) -> dict[str, list[list[float]]]:
+def relative_stats(
+    state: np.ndarray, action: np.ndarray, episode_lengths: list[int], horizon: int
+) -> dict[str, list[list[float]]]:
     """Stats of `action[i:i+H] - state[i]` over every chunk start i, one set per chunk step.
 
     `state`, `action`: (N, D) rows of one group for all episodes concatenated in episode order.
