@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from tasks_helpers import relabel
 from test_gr00t import STAND_IN
+from test_multisource import shards
 
 from conftest import run_cli
 from posttrain.lerobot import LeRobotDataset
@@ -127,34 +128,13 @@ RECIPE = [
 def two_task_dataset(root: Path) -> Path:
     """Two synth files (one per task), each converted as a source of its own and gathered into one dataset
     with the real multi-source gather (posttrain.sources), as the workflow does for dataset.sources."""
-    shards = []
+    sources = []
     for seed, (task, text) in enumerate(INSTRUCTIONS.items()):
         hdf5 = root / f"{task}.hdf5"
         assert run_cli("synth", hdf5, "--task", task, *SYNTH, "--seed", seed) == 0
-        shard = root / "shards" / task
-        assert (
-            run_cli(
-                "convert",
-                "--input",
-                hdf5,
-                "--output",
-                shard,
-                "--shard",
-                0,
-                "--num-shards",
-                1,
-                "--source",
-                task,
-                "--language-instruction",
-                text,
-                "--workers",
-                "2",
-            )
-            == 0
-        )
-        shards.append(shard)
+        sources += shards(hdf5, root / "shards", task, 1, "--language-instruction", text)
     dataset = root / "two_task"
-    assert run_cli("convert", "--output", dataset, "--gather", *shards) == 0
+    assert run_cli("convert", "--output", dataset, "--gather", *sources) == 0
     assert run_cli("stats", dataset) == 0
     return dataset
 

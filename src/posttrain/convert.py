@@ -785,22 +785,14 @@ def disk_full_report(episodes: list[Episode], results: dict, root: Path, output:
         ) from None
 
 
-def episode_relpaths(settings: Settings, episode_index: int) -> tuple[str, dict[str, str]]:
-    chunk = episode_index // settings.chunks_size
-    data = lerobot.DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
-    videos = {
-        key: lerobot.VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index)
-        for key in settings.cameras.values()
-    }
-    return data, videos
-
-
 def convert_episode(job: EpisodeJob) -> dict:
     """Parquet + one MP4 per camera for one demo (runs in a worker). Returns its info.json features."""
     settings, episode, embodiment = job.settings, job.episode, job.embodiment
     if not job.root.is_dir():  # the run was killed and its temp dir removed: do not recreate it
         raise PosttrainError(f"{job.root}: output directory vanished")
-    data_path, video_paths = episode_relpaths(settings, episode.episode_index)
+    data_path, video_paths = lerobot.episode_relpaths(
+        episode.episode_index, settings.chunks_size, settings.cameras.values()
+    )
     where = f"{settings.input.name}: data/{episode.demo}"
     # rows = steps that have an action: the last recorded step is dropped for state and action alike
     start, stop = (1, episode.source_frames) if settings.drop_frame == "first" else (0, episode.source_frames - 1)
@@ -891,7 +883,9 @@ def gather(plan: Plan, shard_dirs: list[Path], output: Path) -> None:
 
     with atomic_directory(output, "dataset", inputs=[plan.settings.input, *shard_dirs]) as root:
         for episode in plan.episodes:
-            data_path, video_paths = episode_relpaths(plan.settings, episode.episode_index)
+            data_path, video_paths = lerobot.episode_relpaths(
+                episode.episode_index, plan.settings.chunks_size, plan.settings.cameras.values()
+            )
             for relpath in [data_path, *video_paths.values()]:
                 link_or_copy(owner[episode.episode_index] / relpath, root / relpath)
         write_meta(root, plan, [features[e.episode_index] for e in plan.episodes])

@@ -30,6 +30,19 @@ from posttrain.errors import PosttrainError
 CODEBASE_VERSION = "v2.1"
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+
+
+def episode_relpaths(episode_index: int, chunks_size: int, video_keys) -> tuple[str, dict[str, str]]:
+    """Where a dataset (or a conversion shard) keeps an episode, relative to its root: the parquet file,
+    and each camera's video by video key."""
+    chunk = episode_index // chunks_size
+    data = DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
+    videos = {
+        key: VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=episode_index) for key in video_keys
+    }
+    return data, videos
+
+
 STATE = "observation.state"
 ACTION = "action"
 DEFAULT_ANNOTATION = "annotation.human.action.task_description"

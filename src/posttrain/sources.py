@@ -253,16 +253,6 @@ def claim_task(by_index: dict[int, Source], source: Source, index: int) -> None:
 # --- writing --------------------------------------------------------------------------------------
 
 
-def episode_files(settings: dict, index: int) -> tuple[str, list[str]]:
-    """The parquet and video paths of episode `index` (relative to a dataset or shard directory)."""
-    chunk = index // settings["chunks_size"]
-    data = lerobot.DATA_PATH.format(episode_chunk=chunk, episode_index=index)
-    return data, [
-        lerobot.VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=index)
-        for key in settings["cameras"].values()
-    ]
-
-
 def relabel(
     src: Path, dst: Path, episode_index: int, first_index: int, task_index: int, annotation_key: str, length: int
 ) -> None:
@@ -297,7 +287,11 @@ def write_dataset(sources: list[Source], shard_dirs: list[Path], output: Path) -
             for entry in source.episodes:
                 index, local = len(episodes), entry["episode_index"]
                 shard = source.owner[local]
-                (data, videos), (new_data, new_videos) = episode_files(settings, local), episode_files(settings, index)
+                keys = settings["cameras"].values()
+                (data, videos), (new_data, new_videos) = (
+                    lerobot.episode_relpaths(local, settings["chunks_size"], keys),
+                    lerobot.episode_relpaths(index, settings["chunks_size"], keys),
+                )
                 relabel(
                     shard / data,
                     root / new_data,
@@ -307,8 +301,8 @@ def write_dataset(sources: list[Source], shard_dirs: list[Path], output: Path) -
                     settings["annotation_key"],
                     entry["length"],
                 )
-                for video, new_video in zip(videos, new_videos):
-                    link_or_copy(shard / video, root / new_video)
+                for key, video in videos.items():
+                    link_or_copy(shard / video, root / new_videos[key])
                 episodes.append({"episode_index": index, "tasks": [source.instruction], "length": entry["length"]})
                 where.append(
                     f"source {source.name}: {Path(source.manifest['source']['hdf5']).name}: "
