@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,29 @@ GOLDEN = SHARED / "reference" / "isaaclab_arena_gr1" / "golden_lerobot_gr1"
 ARENA_YAML = SHARED / "reference" / "isaaclab_arena_gr1" / "gr1_manip_ranch_bottle_config.yaml"
 
 SMALL_SYNTH = ["--episodes", "6", "--min-frames", "40", "--max-frames", "56", "--image-size", "64", "--seed", "3"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # for the CLI run in a subprocess
+
+
+def train_command(dataset: Path, output: Path, *extra, processes: int = 1) -> list[str]:
+    """`posttrain train` as a subprocess command (accelerate's state is per process), under torchrun for
+    several processes."""
+    launcher = (
+        [sys.executable, "-m", "posttrain.cli"]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "posttrain.cli",
+        ]
+    )
+    return [*launcher, "train", "--dataset", str(dataset), "--output", str(output), *map(str, extra)]
 
 
 def run_cli(*args: str) -> int:

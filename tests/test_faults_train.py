@@ -12,18 +12,16 @@ the session's converted dataset (6 episodes of 40-56 frames, 64²).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
+from conftest import ENV, run_cli, train_command
 from posttrain.errors import PosttrainError
 from posttrain.lerobot import content_fingerprint
 from posttrain.policy import Policy
@@ -45,22 +43,15 @@ RUN = [
     "--learning-rate",
     "1e-3",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train(dataset, output: Path, *extra: str, cwd: Path | None = None, status: int = 0) -> str:
     """Run `posttrain train` in a subprocess; return its stderr (the log)."""
-    command = [
-        sys.executable,
-        "-m",
-        "posttrain.cli",
-        "train",
-        "--dataset",
-        str(dataset),
-        "--output",
-        str(output),
+    command = train_command(
+        dataset,
+        output,
         *extra,
-    ]
+    )
     result = subprocess.run(command, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import ENV, run_cli, train_command
 from posttrain.data import TrainingSamples
 from posttrain.errors import PosttrainError
 from posttrain.frames import decode_camera
@@ -29,7 +28,6 @@ from posttrain.video import VideoSettings, encode_video, read_frames
 
 CAMERA = "observation.images.ego_view"
 JITTER = {"brightness": 0.3, "contrast": 0.4, "saturation": 0.5, "hue": 0.08}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -166,15 +164,9 @@ def test_scaled_decoding_logs_no_size_warning(converted_dataset, caplog):
 
 
 def train(dataset: Path, output: Path, *extra) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "posttrain.cli",
-        "train",
-        "--dataset",
-        str(dataset),
-        "--output",
-        str(output),
+    command = train_command(
+        dataset,
+        output,
         "--holdout-episodes",
         "1",
         "--global-batch-size",
@@ -188,7 +180,7 @@ def train(dataset: Path, output: Path, *extra) -> subprocess.CompletedProcess:
         "--dataloader-num-workers",
         "1",
         *map(str, extra),
-    ]
+    )
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

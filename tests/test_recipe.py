@@ -21,29 +21,22 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import ENV, REPO, run_cli, train_command
 from posttrain import synth
 from posttrain.settings import TrainSettings, defaults
 from posttrain.train import resolve_steps
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 
 
 def train(dataset: Path, output: Path, *extra, threads: int = 1) -> str:
     """`posttrain train` in a subprocess (accelerate's state is per process); returns its log."""
-    command = [
-        sys.executable,
-        "-m",
-        "posttrain.cli",
-        "train",
-        "--dataset",
-        str(dataset),
-        "--output",
-        str(output),
+    command = train_command(
+        dataset,
+        output,
         *map(str, extra),
-    ]
+    )
     result = subprocess.run(
         command, env={**ENV, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600
     )

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from test_recipe import default_recipe
 
-from conftest import run_cli
+from conftest import ENV, run_cli, train_command
 from posttrain.data import StepSampler, TrainingSamples, color_jitter, split_episodes
 from posttrain.errors import PosttrainError
 from posttrain.lerobot import ACTION, STATE, LeRobotDataset
@@ -46,7 +45,6 @@ SMALL_RUN = [
     "1e-3",
     *JITTER,
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -73,24 +71,6 @@ def dataset(tmp_path_factory) -> Path:
     assert run_cli("convert", "--input", root / "raw.hdf5", "--output", root / "lerobot", "--workers", "2") == 0
     assert run_cli("stats", root / "lerobot") == 0
     return root / "lerobot"
-
-
-def train_command(dataset: Path, output: Path, *extra: str, processes: int = 1) -> list[str]:
-    launcher = (
-        [sys.executable, "-m", "posttrain.cli"]
-        if processes == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(processes),
-            "-m",
-            "posttrain.cli",
-        ]
-    )
-    return [*launcher, "train", "--dataset", str(dataset), "--output", str(output), *extra]
 
 
 def train(dataset: Path, output: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
